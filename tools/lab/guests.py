@@ -1,0 +1,94 @@
+"""Test guests inside dom0: small real PV/PVH guests booted by ``xl``, and empty domains.
+
+``guest_config`` is pure. The rest runs ``xl`` and must be called inside the lab's dom0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .fetch import LabFiles
+
+GUEST_TYPES = ("pv", "pvh")
+CONFIG_DIR = Path("/var/lib/xenlab")
+XEN_PYTHON = "/usr/lib/xen-4.17/lib/python"
+
+
+def guest_config(name: str, *, kind: str, memory_mb: int, files: LabFiles) -> str:
+    """An xl config for a busybox guest that boots and sleeps."""
+    if kind not in GUEST_TYPES:
+        raise ValueError(f"guest type must be one of {', '.join(GUEST_TYPES)}, not {kind!r}")
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise ValueError(f"guest name must be letters, digits, '-', '_' or '.', not {name!r}")
+    if memory_mb < 32:
+        raise ValueError(f"guest memory must be at least 32 MB, not {memory_mb}")
+    return "\n".join([
+        f'name = "{name}"',
+        f'type = "{kind}"',
+        f'kernel = "{files.kernel}"',
+        f'ramdisk = "{files.guest_initrd}"',
+        'extra = "console=hvc0 quiet"',
+        f"memory = {memory_mb}",
+        "vcpus = 1",
+        'on_crash = "destroy"',
+        "",
+    ])
+
+
+def create(name: str, *, kind: str, memory_mb: int, files: LabFiles) -> int:
+    """Create the guest; return its domain id."""
+    CONFIG_DIR.mkdir(parents=True, exist_ok=True)
+    path = CONFIG_DIR / f"{name}.cfg"
+    path.write_text(guest_config(name, kind=kind, memory_mb=memory_mb, files=files))
+    subprocess.run(["xl", "create", "-q", str(path)], check=True)
+    return domid_of(name)
+
+
+def domid_of(name: str) -> int:
+    out = subprocess.run(["xl", "domid", name], check=True, capture_output=True, text=True)
+    return int(out.stdout.strip())
+
+
+def create_empty(count: int, memory_mb: int) -> list[int]:
+    """Empty PV domains (no kernel, never run) with a name in xenstore, for scale tests."""
+    sys.path.append(XEN_PYTHON)
+    from xen.lowlevel import xc  # type: ignore[import-not-found]
+
+    hv = xc.xc()
+    domids = []
+    for _ in range(count):
+        domid = hv.domain_create()
+        hv.domain_setmaxmem(domid, memory_mb * 1024)
+        name = f"xenlab-empty-{domid}"
+        base = f"/local/domain/{domid}"
+        subprocess.run(["xenstore-write", f"{base}/name", name, f"{base}/domid", str(domid)],
+                       check=True)
+        subprocess.run(["xenstore-chmod", base, "n0", f"r{domid}"], check=True)
+        domids.append(domid)
+    return domids
+
+
+def destroy(domain: str) -> None:
+    subprocess.run(["xl", "destroy", domain], check=True)
+
+
+def main(args: argparse.Namespace, files: LabFiles) -> int:
+    if not os.path.exists("/proc/xen/capabilities"):
+        print("xenlab: guest commands run inside the lab's dom0 (xenlab run -- ...)",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.guest_verb == "create":
+            print(create(args.name, kind=args.type, memory_mb=args.memory, files=files))
+        elif args.guest_verb == "empty":
+            print("\n".join(map(str, create_empty(args.count, args.memory))))
+        else:
+            destroy(args.domain)
+    except (ValueError, subprocess.CalledProcessError) as e:
+        print(f"xenlab: {e}", file=sys.stderr)
+        return 1
+    return 0

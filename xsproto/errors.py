@@ -1,0 +1,62 @@
+"""The error hierarchy of xsproto.
+
+Callers branch on these types, never on message text. Every error names the failing
+value and where it came from (a xenstore path, a domain id, an image offset).
+"""
+
+from __future__ import annotations
+
+
+class XsprotoError(Exception):
+    """Base of every error xsproto raises on purpose."""
+
+
+class ProtocolError(XsprotoError):
+    """A peer wrote something the protocol does not allow (malformed node, bad state)."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class RequestRejected(XsprotoError):
+    """The toolstack refused a request; ``code`` is the machine-readable reason."""
+
+    def __init__(self, code: str, detail: str, *, domid: int | None = None) -> None:
+        self.code = code
+        self.detail = detail
+        self.domid = domid
+        where = f"domain {domid}: " if domid is not None else ""
+        super().__init__(f"{where}rejected ({code}): {detail}")
+
+
+class NegotiationTimeout(XsprotoError):
+    """No decision arrived in time."""
+
+
+class XenstoreError(XsprotoError):
+    """xenstored refused or failed an operation (after retries where retrying is safe)."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class HypervisorError(XsprotoError):
+    """A hypercall failed or the domain is not in a usable state."""
+
+    def __init__(self, message: str, *, domid: int | None = None) -> None:
+        self.domid = domid
+        super().__init__(f"domain {domid}: {message}" if domid is not None else message)
+
+
+class ImageError(XsprotoError):
+    """A save image or migration stream is malformed; ``offset`` is where, in bytes."""
+
+    def __init__(self, message: str, *, offset: int | None = None) -> None:
+        self.offset = offset
+        super().__init__(f"at byte {offset}: {message}" if offset is not None else message)
+
+
+class LabError(XsprotoError):
+    """The real-Xen lab could not be prepared, booted or driven."""
