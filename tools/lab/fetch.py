@@ -65,11 +65,13 @@ def _log(msg: str) -> None:
     print(f"xenlab: {msg}", file=sys.stderr, flush=True)
 
 
-def _run(argv: list[str], **kw: object) -> str:
+def _run(argv: list[str], *, cwd: Path | None = None,
+         env: dict[str, str] | None = None) -> str:
     try:
-        done = subprocess.run(argv, check=True, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+        done = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=cwd,
+                              env=env)
     except FileNotFoundError as e:
-        raise SystemExit(f"xenlab: {argv[0]} not found; install it (apt-get install {argv[0]})") from e
+        raise SystemExit(f"xenlab: {argv[0]} not found; install the package that has it") from e
     except subprocess.CalledProcessError as e:
         raise SystemExit(f"xenlab: {' '.join(argv)} failed ({e.returncode}):\n{e.stderr}") from e
     return str(done.stdout)
@@ -87,6 +89,13 @@ def missing_host_packages() -> list[str]:
     return [pkg for pkg, probe in HOST_PACKAGES.items() if not Path(probe).exists()]
 
 
+def ensure_apt_lists() -> None:
+    """A fresh machine has no package lists: apt-cache would find nothing."""
+    if not any(Path("/var/lib/apt/lists").glob("*_Packages*")):
+        _log("apt-get update (no package lists yet)")
+        _run(["apt-get", "update", "-q"])
+
+
 def install_host_packages() -> None:
     missing = missing_host_packages()
     if not missing:
@@ -95,9 +104,9 @@ def install_host_packages() -> None:
         raise SystemExit(f"xenlab: missing host packages {', '.join(missing)}: "
                          f"run as root or apt-get install {' '.join(missing)}")
     _log(f"installing host packages: {' '.join(missing)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _run(["apt-get", "update", "-q"], env=env)
-    _run(["apt-get", "install", "-y", "-q", *missing], env=env)
+    ensure_apt_lists()
+    _run(["apt-get", "install", "-y", "-q", *missing],
+         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 def kernel_package() -> str:
@@ -164,6 +173,7 @@ def _stamp(cache: Path) -> dict[str, object]:
 def fetch(cache: Path = DEFAULT_CACHE, *, force: bool = False) -> LabFiles:
     """Install host packages, download and unpack the boot packages, build the images."""
     install_host_packages()
+    ensure_apt_lists()
     with cache_lock(cache, exclusive=True):
         kpkg = kernel_package()
         packages = {p: candidate_version(p) for p in (HYPERVISOR_PACKAGE, kpkg, BUSYBOX_PACKAGE)}

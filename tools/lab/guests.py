@@ -56,7 +56,7 @@ def domid_of(name: str) -> int:
 def create_empty(count: int, memory_mb: int) -> list[int]:
     """Empty PV domains (no kernel, never run) with a name in xenstore, for scale tests."""
     sys.path.append(XEN_PYTHON)
-    from xen.lowlevel import xc  # type: ignore[import-not-found]
+    from xen.lowlevel import xc
 
     hv = xc.xc()
     domids = []

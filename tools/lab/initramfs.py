@@ -61,7 +61,9 @@ DOM0_INIT = """#!/bin/sh
 # put a tmpfs overlay on it and hand over to stage 2, which lives in the host checkout.
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t devtmpfs dev /dev
-for m in $(cat /modules.order); do /bin/busybox insmod /modules/$m || echo "xenlab: insmod $m failed"; done
+for m in $(cat /modules.order); do
+  /bin/busybox insmod /modules/$m || echo "xenlab: insmod $m failed"
+done
 stage2=$(for a in $(cat /proc/cmdline); do case $a in xenlab.stage2=*) echo ${a#*=};; esac; done)
 mkdir -p /lower /upper /newroot
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /lower \\

@@ -47,8 +47,9 @@ class BootConfig:
             raise ValueError(f"--xenstored must be one of {', '.join(XENSTOREDS)}, "
                              f"not {self.xenstored!r}")
         if self.dom0_memory_mb + 256 > self.memory_mb:
+            need = self.dom0_memory_mb + 256
             raise ValueError(f"--memory {self.memory_mb} leaves no room beside dom0's "
-                             f"{self.dom0_memory_mb} MB (need at least {self.dom0_memory_mb + 256})")
+                             f"{self.dom0_memory_mb} MB (need at least {need})")
 
 
 def qemu_argv(cfg: BootConfig) -> list[str]:

@@ -1,0 +1,107 @@
+"""The lab's pure parts: command line, initramfs manifests and archive, configs."""
+
+from __future__ import annotations
+
+import gzip
+import shlex
+import stat
+from pathlib import Path
+
+import pytest
+
+from tools.lab import cli, fetch, guests, initramfs, qemu
+
+FILES = fetch.LabFiles(Path("/c/xen.elf"), Path("/c/vmlinuz"), Path("/c/dom0.gz"),
+                       Path("/c/guest.gz"))
+
+
+def test_run_parses_command_after_double_dash() -> None:
+    args = cli.build_parser().parse_args(
+        ["run", "--xenstored", "ocaml", "--memory", "4096", "--", "xl", "list", "-l"])
+    assert (args.xenstored, args.memory, args.argv) == ("ocaml", 4096, ["--", "xl", "list", "-l"])
+
+
+def test_run_rejects_unknown_xenstored() -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["run", "--xenstored", "go", "--", "true"])
+
+
+def test_run_without_command_is_a_usage_error() -> None:
+    assert cli.main(["run"]) == 2
+
+
+def test_guest_parser() -> None:
+    args = cli.build_parser().parse_args(["guest", "create", "g1", "--type", "pv"])
+    assert (args.guest_verb, args.name, args.type, args.memory) == ("create", "g1", "pv", 128)
+
+
+def test_dom0_manifest_loads_modules_in_order(tmp_path: Path) -> None:
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(b"\x7fELF")
+    mods = [tmp_path / "a.ko", tmp_path / "b.ko"]
+    for m in mods:
+        m.write_bytes(b"ko")
+    entries = {e.path: e for e in initramfs.dom0_manifest(busybox, mods)}
+    assert entries["modules.order"].data == b"a.ko\nb.ko"
+    assert stat.S_ISREG(entries["init"].mode) and entries["init"].mode & 0o111
+    assert entries["bin/sh"].target == "busybox"
+    assert {"modules/a.ko", "modules/b.ko", "bin/switch_root"} <= entries.keys()
+
+
+def test_newc_archive_layout() -> None:
+    data = initramfs.newc_bytes([initramfs.directory("d"),
+                                 initramfs.file("d/f", data=b"hello")])
+    assert data.startswith(b"070701")
+    assert b"d/f\0" in data and b"hello" in data
+    assert b"TRAILER!!!\0" in data
+    assert len(data) % 4 == 0
+
+
+def test_write_newc_is_gzip_and_atomic(tmp_path: Path) -> None:
+    out = tmp_path / "i.gz"
+    initramfs.write_newc([initramfs.file("x", data=b"1")], out)
+    assert gzip.decompress(out.read_bytes()).startswith(b"070701")
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_qemu_argv_boots_xen_with_dom0_modules(tmp_path: Path) -> None:
+    argv = qemu.qemu_argv(qemu.BootConfig(FILES, tmp_path, memory_mb=4096, dom0_memory_mb=1024))
+    assert argv[argv.index("-kernel") + 1] == "/c/xen.elf"
+    assert argv[argv.index("-m") + 1] == "4096"
+    assert "dom0_mem=1024M,max:1024M" in argv[argv.index("-append") + 1]
+    kernel, initrd = argv[argv.index("-initrd") + 1].split(",")
+    assert kernel.startswith("/c/vmlinuz ") and "xenlab.stage2=" in kernel
+    assert initrd == "/c/dom0.gz"
+    assert "-no-reboot" in argv and "tcg" in argv
+    assert any(a.startswith(f"local,path={tmp_path},mount_tag=xenlab") for a in argv)
+
+
+@pytest.mark.parametrize(("memory", "dom0", "xenstored"), [(1024, 1024, "c"), (3072, 1024, "x")])
+def test_boot_config_rejects_bad_shapes(tmp_path: Path, memory: int, dom0: int,
+                                        xenstored: str) -> None:
+    with pytest.raises(ValueError):
+        qemu.BootConfig(FILES, tmp_path, memory_mb=memory, dom0_memory_mb=dom0,
+                        xenstored=xenstored)
+
+
+def test_command_script_keeps_env_cwd_and_quoting() -> None:
+    script = qemu.command_script(["echo", "a b", "$HOME"], "/work/x y",
+                                 {"CI": "true", "PWD": "/elsewhere", "A-B": "skip"})
+    lines = script.splitlines()
+    assert "export CI=true" in lines
+    assert not any("PWD" in line or "A-B" in line for line in lines)
+    assert f"cd {shlex.quote('/work/x y')} || exit 125" in lines
+    assert lines[-1] == "exec echo 'a b' '$HOME'"
+
+
+def test_guest_config() -> None:
+    text = guests.guest_config("g1", kind="pvh", memory_mb=128, files=FILES)
+    assert 'type = "pvh"' in text and "memory = 128" in text
+    assert 'kernel = "/c/vmlinuz"' in text and 'ramdisk = "/c/guest.gz"' in text
+
+
+@pytest.mark.parametrize(("name", "kind", "memory"),
+                         [("g 1", "pvh", 128), ("g1", "hvm", 128), ("g1", "pv", 8), ("", "pv", 64)])
+def test_guest_config_rejects_bad_input(name: str, kind: str, memory: int) -> None:
+    with pytest.raises(ValueError):
+        guests.guest_config(name, kind=kind, memory_mb=memory, files=FILES)
