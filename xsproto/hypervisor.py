@@ -1,0 +1,59 @@
+"""The hypervisor adapter: Xen's own ``xen.lowlevel.xc`` for reading and setting limits.
+
+Xen keeps the limit; this module only reads it and sets it, in pages (x86: 4 KiB).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xsproto.errors import HypervisorError
+from xsproto.negotiation import DomainInfo
+
+PAGE_KB = 4
+
+
+def _xc() -> Any:
+    try:
+        from xen.lowlevel import xc
+    except ImportError as e:
+        raise HypervisorError("xen.lowlevel.xc is not importable: install xen-utils-4.17 and "
+                              "put /usr/lib/xen-4.17/lib/python on the path") from e
+    try:
+        return xc.xc()
+    except xc.Error as e:
+        raise HypervisorError(f"cannot open the hypervisor interface: {e}") from e
+
+
+class Hypervisor:
+    """A handle on Xen's domain control interface (needs dom0 or a privileged domain)."""
+
+    def __init__(self) -> None:
+        self._xc = _xc()
+
+    def domain(self, domid: int) -> DomainInfo:
+        """What Xen says about ``domid`` now; ``exists`` is False when there is none."""
+        infos: list[dict[str, Any]] = self._xc.domain_getinfo(domid, 1)
+        if not infos or infos[0]["domid"] != domid:
+            return DomainInfo(domid=domid, exists=False)
+        info = infos[0]
+        return DomainInfo(
+            domid=domid,
+            exists=True,
+            dying=bool(info["dying"] or info["shutdown"]),
+            max_pages=int(info["maxmem_kb"]) // PAGE_KB,
+            tot_pages=int(info["mem_kb"]) // PAGE_KB,
+        )
+
+    def domids(self) -> list[int]:
+        return [int(i["domid"]) for i in self._xc.domain_getinfo(0, 65536)]
+
+    def set_max_pages(self, domid: int, pages: int) -> None:
+        try:
+            self._xc.domain_setmaxmem(domid, pages * PAGE_KB)
+        except Exception as e:  # xc.Error, which is not importable at type-check time
+            raise HypervisorError(f"cannot set max_pages to {pages}: {e}", domid=domid) from e
+
+    def free_pages(self) -> int:
+        physinfo: dict[str, Any] = self._xc.physinfo()
+        return int(physinfo["free_memory"]) // PAGE_KB

@@ -1,0 +1,194 @@
+"""The xenstore adapter: pyxs at the edge, typed errors and safe retries for the rest.
+
+Transactions are retried with tenacity when xenstored answers EAGAIN (a conflicting
+commit, or oxenstored's fault injection) or the operation was merely interrupted; a
+refusal (EACCES, EINVAL, ENOENT, E2BIG, ...) is never retried: it becomes XenstoreError.
+"""
+
+from __future__ import annotations
+
+import errno
+import queue
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import pyxs
+from pyxs.exceptions import PyXSError
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from xsproto.errors import XenstoreError
+
+T = TypeVar("T")
+
+TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EINTR, errno.EBUSY})
+TRANSACTION_ATTEMPTS = 20
+
+
+class _Retry(Exception):
+    """Internal: the transaction must start over."""
+
+
+def _errno(err: PyXSError) -> int | None:
+    code = err.args[0] if err.args else None
+    return code if isinstance(code, int) else None
+
+
+def _text(path: str | bytes) -> str:
+    return path.decode(errors="replace") if isinstance(path, bytes) else path
+
+
+def _b(path: str) -> bytes:
+    return path.encode("ascii")
+
+
+class Xenstore:
+    """One connection to xenstored (unix socket, or /dev/xen/xenbus from a guest).
+
+    Not thread-safe: give each thread its own. Use as a context manager.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        if path is not None and path.startswith(("/dev/", "/proc/")):
+            self._client = pyxs.Client(xen_bus_path=path)
+        else:
+            self._client = pyxs.Client(unix_socket_path=path)
+        self._monitor: Any = None
+        self.where = path or "default xenstored socket"
+
+    def __enter__(self) -> Xenstore:
+        try:
+            self._client.connect()
+        except (PyXSError, OSError) as e:
+            raise XenstoreError(f"cannot connect to xenstored: {e}", path=self.where) from e
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, path: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except PyXSError as e:
+            if _errno(e) in TRANSIENT_ERRNOS and self._client.tx_id:
+                raise _Retry from e
+            raise XenstoreError(str(e), path=path) from e
+
+    # Reads and writes: inside ``transact`` they belong to its transaction.
+
+    def read(self, path: str) -> bytes | None:
+        value: bytes | None = self._call(path, lambda: self._client.read(_b(path), None))
+        return value
+
+    def children(self, path: str) -> list[str]:
+        try:
+            names: list[bytes] = self._call(path, lambda: self._client.list(_b(path)))
+        except XenstoreError as e:
+            if isinstance(e.__cause__, PyXSError) and _errno(e.__cause__) == errno.ENOENT:
+                return []
+            raise
+        return [n.decode("ascii", errors="replace") for n in names]
+
+    def read_dir(self, path: str) -> dict[str, bytes]:
+        """The values of ``path``'s children (missing children are left out)."""
+        out = {}
+        for name in self.children(path):
+            value = self.read(f"{path}/{name}")
+            if value is not None:
+                out[name] = value
+        return out
+
+    def owner(self, path: str) -> int | None:
+        """The owner domid in the node's permissions (their first entry); None if absent."""
+        try:
+            perms: list[bytes] = self._call(path, lambda: self._client.get_perms(_b(path)))
+        except XenstoreError as e:
+            if isinstance(e.__cause__, PyXSError) and _errno(e.__cause__) == errno.ENOENT:
+                return None
+            raise
+        return int(perms[0][1:]) if perms else None
+
+    def write(self, path: str, value: bytes) -> None:
+        self._call(path, lambda: self._client.write(_b(path), value))
+
+    def set_perms(self, path: str, perms: Iterable[str]) -> None:
+        encoded = [_b(p) for p in perms]
+        self._call(path, lambda: self._client.set_perms(_b(path), encoded))
+
+    def remove(self, path: str) -> None:
+        try:
+            self._call(path, lambda: self._client.delete(_b(path)))
+        except XenstoreError as e:
+            if not (isinstance(e.__cause__, PyXSError) and _errno(e.__cause__) == errno.ENOENT):
+                raise
+
+    def write_dir(self, path: str, nodes: Mapping[str, bytes],
+                  perms: Iterable[str] | None = None) -> None:
+        """Write children of ``path`` (in order); ``perms`` go on the directory and each."""
+        perm_list = list(perms) if perms is not None else None
+        if perm_list is not None:
+            self.write(path, b"")
+            self.set_perms(path, perm_list)
+        for key, value in nodes.items():
+            self.write(f"{path}/{key}", value)
+            if perm_list is not None:
+                self.set_perms(f"{path}/{key}", perm_list)
+
+    # Transactions.
+
+    def transact(self, fn: Callable[[Xenstore], T]) -> T:
+        """Run ``fn(self)`` in a transaction, all over again while xenstored says EAGAIN."""
+
+        @retry(retry=retry_if_exception_type(_Retry), stop=stop_after_attempt(TRANSACTION_ATTEMPTS),
+               wait=wait_random_exponential(multiplier=0.002, max=0.2), reraise=True)
+        def attempt() -> T:
+            self._call("(transaction start)", self._client.transaction)
+            try:
+                result = fn(self)
+            except BaseException:
+                if self._client.tx_id:
+                    try:
+                        self._client.rollback()
+                    except PyXSError:
+                        self._client.tx_id = 0
+                raise
+            try:
+                committed = self._client.commit()
+            except PyXSError as e:
+                raise XenstoreError(f"transaction commit failed: {e}") from e
+            if not committed:
+                raise _Retry
+            return result
+
+        try:
+            return attempt()
+        except _Retry as e:
+            raise XenstoreError(f"transaction still conflicting after {TRANSACTION_ATTEMPTS} "
+                                "attempts") from e
+
+    # Watches.
+
+    def watch(self, path: str, token: str) -> None:
+        if self._monitor is None:
+            self._monitor = self._client.monitor()
+        try:
+            self._monitor.watch(_b(path), _b(token))
+        except PyXSError as e:
+            raise XenstoreError(f"cannot watch: {e}", path=path) from e
+
+    def unwatch(self, path: str, token: str) -> None:
+        if self._monitor is not None:
+            self._call(path, lambda: self._monitor.unwatch(_b(path), _b(token)))
+
+    def events(self, timeout: float | None = None) -> Iterator[tuple[str, str]]:
+        """Watch events as (path, token), until ``timeout`` passes with none."""
+        if self._monitor is None:
+            raise XenstoreError("no watch registered: call watch() first")
+        while True:
+            try:
+                path, token = self._monitor.events.get(timeout=timeout)
+            except queue.Empty:
+                return
+            yield _text(path), _text(token)
