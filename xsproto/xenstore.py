@@ -126,15 +126,13 @@ class Xenstore:
 
     def write_dir(self, path: str, nodes: Mapping[str, bytes],
                   perms: Iterable[str] | None = None) -> None:
-        """Write children of ``path`` (in order); ``perms`` go on the directory and each."""
-        perm_list = list(perms) if perms is not None else None
-        if perm_list is not None:
+        """Write children of ``path`` in order; ``perms`` go on the directory first, and
+        children created after it inherit them (xenstored copies a parent's perms)."""
+        if perms is not None:
             self.write(path, b"")
-            self.set_perms(path, perm_list)
+            self.set_perms(path, perms)
         for key, value in nodes.items():
             self.write(f"{path}/{key}", value)
-            if perm_list is not None:
-                self.set_perms(f"{path}/{key}", perm_list)
 
     # Transactions.
 
@@ -182,13 +180,17 @@ class Xenstore:
         if self._monitor is not None:
             self._call(path, lambda: self._monitor.unwatch(_b(path), _b(token)))
 
-    def events(self, timeout: float | None = None) -> Iterator[tuple[str, str]]:
-        """Watch events as (path, token), until ``timeout`` passes with none."""
+    def next_event(self, timeout: float | None = None) -> tuple[str, str] | None:
+        """The next watch event as (path, token); None when ``timeout`` passes first."""
         if self._monitor is None:
             raise XenstoreError("no watch registered: call watch() first")
-        while True:
-            try:
-                path, token = self._monitor.events.get(timeout=timeout)
-            except queue.Empty:
-                return
-            yield _text(path), _text(token)
+        try:
+            path, token = self._monitor.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        return _text(path), _text(token)
+
+    def events(self) -> Iterator[tuple[str, str]]:
+        """Watch events as (path, token), forever."""
+        while (event := self.next_event()) is not None:
+            yield event

@@ -1,0 +1,288 @@
+"""The toolstack watcher: a dom0 daemon that answers device models' requests.
+
+It reads what it needs from xenstore and Xen, lets ``xsproto.negotiation`` decide, and
+carries the decision out in the only safe order: record ``applying`` (a transaction that
+fails if someone else moved the record on), set max_pages in Xen (an absolute value
+computed from the record), record ``granted``. A crash anywhere leaves a state the next
+start finishes; a second watcher racing converges on the newest record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from xsproto import logs, negotiation, paths
+from xsproto.errors import ProtocolError, XenstoreError
+from xsproto.exitcodes import Exit
+from xsproto.hypervisor import Hypervisor
+from xsproto.negotiation import Apply, Decision, DomainInfo, HostInfo, Ignore, Reject
+from xsproto.policy import Policy, RateLimiter
+from xsproto.records import DecisionRecord
+from xsproto.values import parse_domid
+from xsproto.xenstore import Xenstore
+
+log = logging.getLogger("xsproto.watcher")
+
+RELEASE_TOKEN = "xsproto-release"
+INTRODUCE_TOKEN = "xsproto-introduce"
+AREA_TOKEN = "xsproto-area"
+#: Rounds of decide/apply for one event before giving up (each round makes progress
+#: unless another watcher keeps moving the record on).
+MAX_ROUNDS = 8
+#: Fault injection for the crash-safety tests: SIGKILL ourselves at this checkpoint.
+CRASH_AT_ENV = "XSPROTO_CRASH_AT"
+
+
+def _checkpoint(name: str) -> None:
+    if os.environ.get(CRASH_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def read_record(xs: Xenstore, domid: int) -> DecisionRecord | None:
+    """The recorded decision for ``domid``; None when there is none yet."""
+    where = paths.decision_dir(domid)
+    nodes = xs.read_dir(where)
+    return DecisionRecord.from_nodes(nodes, where=where) if nodes else None
+
+
+class Watcher:
+    """One watcher over one xenstore connection and the hypervisor."""
+
+    def __init__(self, xs: Xenstore, hv: Hypervisor, policy: Policy,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.xs, self.hv, self.policy, self.clock = xs, hv, policy, clock
+        self.limiter = RateLimiter()
+        self.granted: dict[int, int] = {}
+        """Granted pages per domain, as recorded; the host budget sums it."""
+        self.areas: set[int] = set()
+
+    # Start-up.
+
+    def start(self) -> None:
+        """Watch, then reconcile what happened while no watcher ran."""
+        self.xs.watch("@releaseDomain", RELEASE_TOKEN)
+        self.xs.watch("@introduceDomain", INTRODUCE_TOKEN)
+        self._watch_areas()
+        self.reconcile()
+
+    def _watch_areas(self) -> None:
+        """Watch dom0's device-model area and each stubdom device model's."""
+        wanted = {0} | {self.dm_domid_of(d) for d in self._xenstore_domids()}
+        for dm in sorted(wanted - self.areas):
+            self.xs.watch(f"/local/domain/{dm}/device-model", AREA_TOKEN)
+            self.areas.add(dm)
+
+    def _xenstore_domids(self) -> list[int]:
+        return [int(d) for d in self.xs.children("/local/domain") if d.isdigit()]
+
+    def reconcile(self) -> None:
+        """Finish interrupted decisions, answer unanswered requests, drop dead domains."""
+        self.granted.clear()
+        for name in self.xs.children(paths.DECISION_ROOT):
+            if name.isdigit():
+                record = self._record_or_none(int(name))
+                if record is not None:
+                    self.granted[int(name)] = record.granted_pages
+        for dm in sorted(self.areas):
+            for name in self.xs.children(f"/local/domain/{dm}/device-model"):
+                if name.isdigit() and self.xs.children(paths.request_dir(dm, int(name))):
+                    self.handle(dm, int(name))
+        for domid in sorted(self.granted):
+            self.handle_pending(domid)
+        self.collect_dead()
+
+    def _record_or_none(self, domid: int) -> DecisionRecord | None:
+        try:
+            return read_record(self.xs, domid)
+        except ProtocolError as e:
+            logs.event(log, "bad-record", level=logging.WARNING, domid=domid,
+                       path=paths.decision_dir(domid), error=e)
+            return None
+
+    # Events.
+
+    def on_event(self, path: str, token: str) -> None:
+        if token == RELEASE_TOKEN:
+            self.collect_dead()
+        elif token == INTRODUCE_TOKEN:
+            self._watch_areas()
+        elif token == AREA_TOKEN:
+            try:
+                where = paths.parse(path)
+            except ProtocolError:
+                return  # the device model's other nodes: not ours
+            if isinstance(where, paths.RequestPath):
+                self.handle(where.dm_domid, where.domid)
+
+    def run_forever(self) -> None:
+        for path, token in self.xs.events():
+            try:
+                self.on_event(path, token)
+            except (XenstoreError, ProtocolError) as e:
+                logs.event(log, "event-failed", level=logging.ERROR, path=path, error=e)
+
+    # Deciding.
+
+    def dm_domid_of(self, domid: int) -> int:
+        """The device model's domain for ``domid``: a stubdom's id written by libxl, else 0.
+
+        The node is trusted only if dom0 owns it (the guest cannot write it)."""
+        where = paths.dm_domid_path(domid)
+        raw = self.xs.read(where)
+        if raw is None or self.xs.owner(where) != 0:
+            return 0
+        try:
+            return parse_domid(raw, path=where)
+        except ProtocolError:
+            return 0
+
+    def domain(self, domid: int) -> DomainInfo:
+        info = self.hv.domain(domid)
+        if not info.exists:
+            return info
+        name = self.xs.read(f"/local/domain/{domid}/name")
+        return replace(info, name=name.decode("ascii", "replace") if name else None)
+
+    def handle(self, dm: int, domid: int) -> None:
+        """Answer whatever stands in ``dm``'s request directory for ``domid``."""
+        expected = self.dm_domid_of(domid)
+        where = paths.request_dir(dm, domid)
+        if dm != expected:
+            # Only D's own device model speaks for D; a record here would let any domain
+            # overwrite D's decision, so this is logged and otherwise ignored.
+            logs.event(log, "ignored", level=logging.WARNING, domid=domid, dm=dm, path=where,
+                       why=f"domain {domid}'s device model is domain {expected}")
+            return
+        for _ in range(MAX_ROUNDS):
+            nodes = self.xs.read_dir(where)
+            current = self._record_or_none(domid)
+            decision = negotiation.decide(
+                nodes, owner=self._owner(where), dm_domid=dm, current=current,
+                domain=self.domain(domid), host=self._host(domid), policy=self.policy,
+                limiter=self.limiter, now=self.clock())
+            if self.carry_out(domid, dm, current, decision, where, nodes):
+                return
+        logs.event(log, "gave-up", level=logging.ERROR, domid=domid, path=where,
+                   why=f"record kept changing over {MAX_ROUNDS} rounds")
+
+    def handle_pending(self, domid: int) -> None:
+        """At start-up: finish a decision a crash left ``applying``."""
+        current = self._record_or_none(domid)
+        decision = negotiation.recover(current, self.domain(domid))
+        if not isinstance(decision, Ignore):
+            self.carry_out(domid, self.dm_domid_of(domid), current, decision,
+                           paths.decision_dir(domid), {})
+
+    def _owner(self, where: str) -> int:
+        owner = self.xs.owner(f"{where}/{paths.REQUEST_ID}")
+        return -1 if owner is None else owner
+
+    def _host(self, domid: int) -> HostInfo:
+        elsewhere = sum(g for d, g in self.granted.items() if d != domid)
+        return HostInfo(free_pages=self.hv.free_pages(), granted_elsewhere=elsewhere)
+
+    # Carrying out.
+
+    def carry_out(self, domid: int, dm: int, current: DecisionRecord | None,
+                  decision: Decision, where: str, nodes: dict[str, bytes]) -> bool:
+        """Do what ``decision`` says; False when the record moved on and it must be redone."""
+        fields: dict[str, Any] = {"domid": domid, "dm": dm, "path": where,
+                                  "pages": nodes.get(paths.PAGES, b"").decode("ascii", "replace")
+                                  or None}
+        if isinstance(decision, Ignore):
+            logs.event(log, "ignored", level=logging.DEBUG, **fields, why=decision.why)
+            return True
+        if isinstance(decision, Reject):
+            if decision.record is None:
+                self.forget(domid)
+            elif not self._swap(domid, dm, current, decision.record):
+                return False
+            logs.event(log, "decision", **fields, result="rejected", code=decision.code,
+                       detail=decision.detail)
+            return True
+        return self._apply(domid, dm, current, decision, fields)
+
+    def _apply(self, domid: int, dm: int, current: DecisionRecord | None, decision: Apply,
+               fields: dict[str, Any]) -> bool:
+        record = decision.record
+        if record != current and not self._swap(domid, dm, current, record):
+            return False
+        _checkpoint("after-applying")
+        self.hv.set_max_pages(domid, decision.target)
+        _checkpoint("after-hypercall")
+        done = negotiation.finish(record)
+        if not self._swap(domid, dm, record, done):
+            return False  # another watcher moved on: redo from its record, which sets Xen
+        self.granted[domid] = done.granted_pages
+        logs.event(log, "decision", **fields, result="granted", request_id=done.request_id,
+                   base_pages=done.base_pages, granted_pages=done.granted_pages,
+                   max_pages=done.max_pages)
+        return True
+
+    def _swap(self, domid: int, dm: int, expected: DecisionRecord | None,
+              record: DecisionRecord) -> bool:
+        """Write ``record`` if the recorded one is still ``expected`` (one transaction)."""
+        where = paths.decision_dir(domid)
+
+        def txn(xs: Xenstore) -> bool:
+            nodes = xs.read_dir(where)
+            now = DecisionRecord.from_nodes(nodes, where=where) if nodes else None
+            if now != expected:
+                return False
+            xs.write_dir(where, record.to_nodes(),
+                         perms=paths.decision_permissions(dm) if now is None else None)
+            return True
+
+        return self.xs.transact(txn)
+
+    # Domain death.
+
+    def collect_dead(self) -> None:
+        """Remove the nodes of domains Xen no longer has."""
+        alive = set(self.hv.domids())
+        for domid in set(self.granted) - alive:
+            self.forget(domid)
+        for dm in sorted(self.areas):
+            for name in self.xs.children(f"/local/domain/{dm}/device-model"):
+                if name.isdigit() and int(name) not in alive:
+                    self.xs.remove(paths.request_dir(dm, int(name)))
+        for name in self.xs.children(paths.DECISION_ROOT):
+            if name.isdigit() and int(name) not in alive:
+                self.xs.remove(paths.decision_dir(int(name)))
+
+    def forget(self, domid: int) -> None:
+        for dm in sorted(self.areas | {self.dm_domid_of(domid)}):
+            self.xs.remove(paths.request_dir(dm, domid))
+        self.xs.remove(paths.decision_dir(domid))
+        self.granted.pop(domid, None)
+        self.limiter.forget(domid)
+        logs.event(log, "forgotten", domid=domid, path=paths.decision_dir(domid))
+
+
+def run(args: argparse.Namespace) -> int:
+    policy = Policy.load(args.policy) if args.policy else Policy()
+    with Xenstore(args.xenstore) as xs:
+        watcher = Watcher(xs, Hypervisor(), policy)
+        watcher.start()
+        logs.event(log, "watching", areas=",".join(map(str, sorted(watcher.areas))),
+                   policy=args.policy or "defaults", cap_pages=policy.domain_cap_pages,
+                   host_budget_pages=policy.host_budget_pages)
+        watcher.run_forever()
+    return Exit.OK
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("watcher", help="the toolstack daemon: answer device models' requests",
+                       description="Watch device models' requests for extra pages, decide "
+                                   "by policy, raise max_pages in Xen and record the "
+                                   "decision. Runs in the foreground; one log line a decision.")
+    p.add_argument("--policy", metavar="FILE",
+                   help="policy file (JSON or TOML); default: the safe built-in policy")
+    p.set_defaults(run=run)

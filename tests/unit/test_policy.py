@@ -1,0 +1,145 @@
+"""Policy loading, defaults, overrides and the token-bucket rate limiter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xsproto.policy import DomainOverride, Policy, PolicyError, RateLimit, RateLimiter
+
+TOML = b"""
+domain_cap_pages = 4096
+host_budget_pages = 100000
+free_reserve_pages = 0
+
+[rate]
+burst = 2
+refill_seconds = 1.5
+
+[by_domid.7]
+cap_pages = 16384
+
+[by_name.web1]
+cap_pages = 0
+rate = { burst = 1, refill_seconds = 60 }
+"""
+
+
+def test_safe_defaults() -> None:
+    p = Policy()
+    assert (p.domain_cap_pages, p.host_budget_pages, p.free_reserve_pages) == (8192, 262144, 16384)
+    assert (p.rate.burst, p.rate.refill_seconds) == (5, 10.0)
+    assert p.limits_for(3).cap_pages == 8192
+
+
+def test_load_toml(tmp_path: Path) -> None:
+    f = tmp_path / "policy.toml"
+    f.write_bytes(TOML)
+    p = Policy.load(f)
+    assert p.domain_cap_pages == 4096 and p.rate == RateLimit(burst=2, refill_seconds=1.5)
+    assert p.limits_for(7).cap_pages == 16384
+    assert p.limits_for(7).rate == p.rate
+    assert p.limits_for(8, "web1").cap_pages == 0
+    assert p.limits_for(8, "web1").rate.burst == 1
+    assert p.limits_for(7, "web1").cap_pages == 16384  # domid wins over name
+    assert p.limits_for(8, "web2").cap_pages == 4096
+
+
+def test_load_json(tmp_path: Path) -> None:
+    f = tmp_path / "policy.json"
+    f.write_text('{"host_budget_pages": 5, "by_domid": {"0": {"cap_pages": 1}}}')
+    p = Policy.load(str(f))
+    assert p.host_budget_pages == 5 and p.limits_for(0).cap_pages == 1
+    assert p.by_domid == {"0": DomainOverride(cap_pages=1)}
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('domain_cap_pages = "8192"', "domain_cap_pages"),
+        ("domain_cap_pages = -1", "domain_cap_pages"),
+        ("domain_cap_pages = 4294967296", "domain_cap_pages"),
+        ("host_budget_pages = true", "host_budget_pages"),
+        ("domain_cap = 1", "domain_cap"),
+        ("[rate]\nburst = 0", "rate.burst"),
+        ("[rate]\nrefill_seconds = 0", "rate.refill_seconds"),
+        ("[by_domid.07]\ncap_pages = 1", "by_domid.07"),
+        ("[by_domid.x]\ncap_pages = 1", "by_domid.x"),
+        ("[by_name.a]\ncap_pages = 1\ncolour = 1", "by_name.a.colour"),
+    ],
+)
+def test_errors_name_file_and_field(tmp_path: Path, text: str, field: str) -> None:
+    f = tmp_path / "p.toml"
+    f.write_text(text)
+    with pytest.raises(PolicyError) as err:
+        Policy.load(f)
+    assert str(err.value).startswith(f"{f}: ")
+    assert field in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "match"),
+    [
+        ("p.toml", b"= broken", "not valid TOML"),
+        ("p.toml", b"\xff", "not valid TOML"),
+        ("p.json", b"{", "not valid JSON"),
+        ("p.json", b"[]", "top level"),
+        ("p.yaml", b"", "must end in .toml or .json"),
+    ],
+)
+def test_file_errors(tmp_path: Path, name: str, data: bytes, match: str) -> None:
+    f = tmp_path / name
+    f.write_bytes(data)
+    with pytest.raises(PolicyError, match=match):
+        Policy.load(f)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read"):
+        Policy.load(tmp_path / "absent.toml")
+
+
+RATE = RateLimit(burst=5, refill_seconds=10)
+
+
+def test_bucket_burst_then_refill() -> None:
+    rl = RateLimiter()
+    assert [rl.allow(1, 100.0, RATE) for _ in range(6)] == [True] * 5 + [False]
+    assert not rl.allow(1, 109.0, RATE)
+    assert rl.allow(1, 110.0, RATE)
+    assert not rl.allow(1, 110.0, RATE)
+
+
+def test_bucket_refills_only_to_burst() -> None:
+    rl = RateLimiter()
+    assert rl.allow(1, 0.0, RATE)
+    assert [rl.allow(1, 1e6, RATE) for _ in range(6)] == [True] * 5 + [False]
+
+
+def test_denied_attempts_do_not_push_refill_back() -> None:
+    rl = RateLimiter()
+    for _ in range(5):
+        rl.allow(1, 0.0, RATE)
+    for t in range(0, 10):
+        assert not rl.allow(1, float(t), RATE)
+    assert rl.allow(1, 10.0, RATE)
+
+
+def test_clock_going_backwards_adds_nothing() -> None:
+    rl = RateLimiter()
+    for _ in range(5):
+        rl.allow(1, 100.0, RATE)
+    assert not rl.allow(1, 50.0, RATE)
+    assert not rl.allow(1, 105.0, RATE)
+    assert rl.allow(1, 110.0, RATE)
+
+
+def test_domains_are_independent_and_forgettable() -> None:
+    rl = RateLimiter()
+    one = RateLimit(burst=1, refill_seconds=100)
+    assert rl.allow(1, 0.0, one) and not rl.allow(1, 0.0, one)
+    assert rl.allow(2, 0.0, one)
+    rl.forget(1)
+    rl.forget(99)
+    assert rl.allow(1, 0.0, one)

@@ -1,0 +1,125 @@
+"""The admin's limits on extra pages, and the per-domain rate limiter that enforces one.
+
+Defaults are safe without a policy file: a guest gets at most 32 MiB of extra pages and
+all guests together at most 1 GiB. The rate limiter is pure: the caller supplies ``now``.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from xsproto.errors import XsprotoError
+from xsproto.values import PAGES_MAX
+
+_CONFIG: Final = ConfigDict(strict=True, frozen=True, extra="forbid")
+PageCount = Annotated[int, Field(ge=0, le=PAGES_MAX)]
+DomidKey = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,4})$")]
+
+
+class PolicyError(XsprotoError):
+    """The policy file is unreadable or invalid; the message names the file and field."""
+
+
+class RateLimit(BaseModel):
+    """A token bucket: ``burst`` requests at once, then one per ``refill_seconds``."""
+
+    model_config = _CONFIG
+
+    burst: Annotated[int, Field(ge=1, le=1_000_000)] = 5
+    refill_seconds: Annotated[float, Field(gt=0, le=86_400)] = 10.0
+
+
+class DomainOverride(BaseModel):
+    model_config = _CONFIG
+
+    cap_pages: PageCount | None = None
+    rate: RateLimit | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits that apply to one domain after overrides."""
+
+    cap_pages: int
+    rate: RateLimit
+
+
+class Policy(BaseModel):
+    """Limits in pages of 4 KiB. Overrides by domid win over overrides by name."""
+
+    model_config = _CONFIG
+
+    domain_cap_pages: PageCount = 8192
+    host_budget_pages: PageCount = 262144
+    free_reserve_pages: PageCount = 16384
+    rate: RateLimit = RateLimit()
+    by_domid: Annotated[
+        dict[DomidKey, DomainOverride], Field(json_schema_extra={"additionalProperties": False})
+    ] = {}
+    by_name: dict[str, DomainOverride] = {}
+
+    def limits_for(self, domid: int, name: str | None = None) -> Limits:
+        override = self.by_domid.get(str(domid))
+        if override is None and name is not None:
+            override = self.by_name.get(name)
+        override = override or DomainOverride()
+        return Limits(
+            cap_pages=self.domain_cap_pages if override.cap_pages is None else override.cap_pages,
+            rate=override.rate or self.rate,
+        )
+
+    @classmethod
+    def parse(cls, data: bytes, *, source: str, toml: bool) -> Policy:
+        """Parse a policy document; errors name ``source`` and the failing field."""
+        try:
+            raw = tomllib.loads(data.decode("utf-8")) if toml else json.loads(data)
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+            raise PolicyError(f"{source}: not valid {'TOML' if toml else 'JSON'}: {err}") from None
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+                for e in err.errors()
+            )
+            raise PolicyError(f"{source}: {problems}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """Read a ``.toml`` or ``.json`` policy file."""
+        path = Path(path)
+        if path.suffix not in (".toml", ".json"):
+            raise PolicyError(f"{path}: policy file must end in .toml or .json")
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise PolicyError(f"{path}: cannot read: {err.strerror}") from None
+        return cls.parse(data, source=str(path), toml=path.suffix == ".toml")
+
+
+class RateLimiter:
+    """Per-domain token buckets, kept as GCRA theoretical arrival times (no float drift).
+
+    A bucket starts full; denied attempts cost nothing; time going backwards adds nothing.
+    """
+
+    def __init__(self) -> None:
+        self._tat: dict[int, float] = {}
+
+    def allow(self, domid: int, now: float, rate: RateLimit) -> bool:
+        """Take one token from ``domid``'s bucket if there is one."""
+        tat = max(self._tat.get(domid, now), now)
+        if tat - now > (rate.burst - 1) * rate.refill_seconds:
+            return False
+        self._tat[domid] = tat + rate.refill_seconds
+        return True
+
+    def forget(self, domid: int) -> None:
+        """Drop a dead domain's bucket (a new domain may reuse the id)."""
+        self._tat.pop(domid, None)
