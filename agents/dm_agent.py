@@ -18,7 +18,7 @@ from xsproto import paths
 from xsproto.errors import NegotiationTimeout, ProtocolError, RequestRejected
 from xsproto.exitcodes import Exit
 from xsproto.negotiation import DEFAULT_TIMEOUT, DeviceModelSide
-from xsproto.records import DecisionRecord
+from xsproto.records import DecisionRecord, RejectCode
 from xsproto.values import parse_domid, parse_request_id
 from xsproto.xenstore import Xenstore
 
@@ -40,6 +40,9 @@ def request_pages(xs: Xenstore, domid: int, pages: int, reason: str = "", *,
     ``pages=0`` gives every extra page back.
     """
     dm = own_domid(xs) if dm_domid is None else dm_domid
+    if not xs.children(f"/local/domain/{domid}"):
+        raise RequestRejected(RejectCode.NO_SUCH_DOMAIN,
+                              f"/local/domain/{domid} does not exist", domid=domid)
     request_dir, decision_dir = paths.request_dir(dm, domid), paths.decision_dir(domid)
     xs.watch(decision_dir, DECISION_TOKEN)
     try:

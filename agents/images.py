@@ -1,7 +1,13 @@
-"""Placeholder until the image hooks land."""
+"""The image hooks' subcommands: save, restore, migrate (with its two transport ends) and
+inspect-image. Each lives in its own module; this one only wires them into the CLI."""
 
-from typing import Any
+from __future__ import annotations
+
+import argparse
+
+from agents import inspect, migrate, restore, save
 
 
-def register(sub: Any) -> None:
-    del sub
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for module in (save, restore, migrate, inspect):
+        module.register(sub)

@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from xsproto import logs, negotiation, paths
-from xsproto.errors import ProtocolError, XenstoreError
+from xsproto.errors import HypervisorError, ProtocolError, XenstoreError
 from xsproto.exitcodes import Exit
 from xsproto.hypervisor import Hypervisor
 from xsproto.negotiation import Apply, Decision, DomainInfo, HostInfo, Ignore, Reject
@@ -70,6 +70,9 @@ class Watcher:
         self.xs.watch("@releaseDomain", RELEASE_TOKEN)
         self.xs.watch("@introduceDomain", INTRODUCE_TOKEN)
         self._watch_areas()
+        logs.event(log, "watching", areas=",".join(map(str, sorted(self.areas))),
+                   cap_pages=self.policy.domain_cap_pages,
+                   host_budget_pages=self.policy.host_budget_pages)
         self.reconcile()
 
     def _watch_areas(self) -> None:
@@ -125,7 +128,7 @@ class Watcher:
         for path, token in self.xs.events():
             try:
                 self.on_event(path, token)
-            except (XenstoreError, ProtocolError) as e:
+            except (XenstoreError, ProtocolError, HypervisorError) as e:
                 logs.event(log, "event-failed", level=logging.ERROR, path=path, error=e)
 
     # Deciding.
@@ -252,14 +255,23 @@ class Watcher:
         for dm in sorted(self.areas):
             for name in self.xs.children(f"/local/domain/{dm}/device-model"):
                 if name.isdigit() and int(name) not in alive:
-                    self.xs.remove(paths.request_dir(dm, int(name)))
+                    self._remove_request(dm, int(name))
         for name in self.xs.children(paths.DECISION_ROOT):
             if name.isdigit() and int(name) not in alive:
                 self.xs.remove(paths.decision_dir(int(name)))
 
+    def _remove_request(self, dm: int, domid: int) -> None:
+        """Remove the request; and its parent too when the device model left nothing else
+        there (no QEMU, as for PVH: the agent created it)."""
+        where = paths.request_dir(dm, domid)
+        self.xs.remove(where)
+        parent = where.rsplit("/", 1)[0]
+        if not self.xs.children(parent) and self.xs.read(parent) is not None:
+            self.xs.remove(parent)
+
     def forget(self, domid: int) -> None:
         for dm in sorted(self.areas | {self.dm_domid_of(domid)}):
-            self.xs.remove(paths.request_dir(dm, domid))
+            self._remove_request(dm, domid)
         self.xs.remove(paths.decision_dir(domid))
         self.granted.pop(domid, None)
         self.limiter.forget(domid)
@@ -270,10 +282,8 @@ def run(args: argparse.Namespace) -> int:
     policy = Policy.load(args.policy) if args.policy else Policy()
     with Xenstore(args.xenstore) as xs:
         watcher = Watcher(xs, Hypervisor(), policy)
+        logs.event(log, "starting", policy=args.policy or "defaults")
         watcher.start()
-        logs.event(log, "watching", areas=",".join(map(str, sorted(watcher.areas))),
-                   policy=args.policy or "defaults", cap_pages=policy.domain_cap_pages,
-                   host_budget_pages=policy.host_budget_pages)
         watcher.run_forever()
     return Exit.OK
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import pyxs
+from pyxs._internal import Op
 from pyxs.exceptions import PyXSError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
@@ -68,27 +69,26 @@ class Xenstore:
     def close(self) -> None:
         self._client.close()
 
-    def _call(self, path: str, fn: Callable[[], T]) -> T:
+    def _call(self, path: str, fn: Callable[[], T]) -> T | None:
+        """Run one pyxs operation; None when the node does not exist (ENOENT)."""
         try:
             return fn()
         except PyXSError as e:
-            if _errno(e) in TRANSIENT_ERRNOS and self._client.tx_id:
+            code = _errno(e)
+            if code == errno.ENOENT:
+                return None
+            if code in TRANSIENT_ERRNOS and self._client.tx_id:
                 raise _Retry from e
             raise XenstoreError(str(e), path=path) from e
 
     # Reads and writes: inside ``transact`` they belong to its transaction.
 
     def read(self, path: str) -> bytes | None:
-        value: bytes | None = self._call(path, lambda: self._client.read(_b(path), None))
+        value: bytes | None = self._call(path, lambda: self._client.read(_b(path)))
         return value
 
     def children(self, path: str) -> list[str]:
-        try:
-            names: list[bytes] = self._call(path, lambda: self._client.list(_b(path)))
-        except XenstoreError as e:
-            if isinstance(e.__cause__, PyXSError) and _errno(e.__cause__) == errno.ENOENT:
-                return []
-            raise
+        names: list[bytes] = self._call(path, lambda: self._client.list(_b(path))) or []
         return [n.decode("ascii", errors="replace") for n in names]
 
     def read_dir(self, path: str) -> dict[str, bytes]:
@@ -102,27 +102,22 @@ class Xenstore:
 
     def owner(self, path: str) -> int | None:
         """The owner domid in the node's permissions (their first entry); None if absent."""
-        try:
-            perms: list[bytes] = self._call(path, lambda: self._client.get_perms(_b(path)))
-        except XenstoreError as e:
-            if isinstance(e.__cause__, PyXSError) and _errno(e.__cause__) == errno.ENOENT:
-                return None
-            raise
+        perms: list[bytes] = self._call(path, lambda: self._client.get_perms(_b(path))) or []
         return int(perms[0][1:]) if perms else None
 
     def write(self, path: str, value: bytes) -> None:
-        self._call(path, lambda: self._client.write(_b(path), value))
+        # pyxs refuses an empty value (its argument check wants one byte or more), yet the
+        # wire format is just "path\0value": send the empty value as that.
+        args = (_b(path) + b"\0", value) if value else (_b(path) + b"\0",)
+        self._call(path, lambda: self._client.ack(Op.WRITE, *args))
 
     def set_perms(self, path: str, perms: Iterable[str]) -> None:
         encoded = [_b(p) for p in perms]
         self._call(path, lambda: self._client.set_perms(_b(path), encoded))
 
     def remove(self, path: str) -> None:
-        try:
-            self._call(path, lambda: self._client.delete(_b(path)))
-        except XenstoreError as e:
-            if not (isinstance(e.__cause__, PyXSError) and _errno(e.__cause__) == errno.ENOENT):
-                raise
+        """Remove ``path`` and everything below it; absent is fine."""
+        self._call(path, lambda: self._client.delete(_b(path)))
 
     def write_dir(self, path: str, nodes: Mapping[str, bytes],
                   perms: Iterable[str] | None = None) -> None:

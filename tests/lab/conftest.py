@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tools.lab import fetch, guests
+from xsproto.hypervisor import Hypervisor
+from xsproto.xenstore import Xenstore
 
 pytestmark = pytest.mark.lab
 
@@ -36,3 +43,93 @@ def make_guest(request: pytest.FixtureRequest) -> Iterator[GuestFactory]:
 def scratch(tmp_path: Path) -> Path:
     """dom0's /tmp is a tmpfs: fine for images a test writes and throws away."""
     return tmp_path
+
+
+XSPROTO = str(Path(sys.executable).with_name("xsproto"))
+
+
+class WatcherProcess:
+    """``xsproto watcher`` as a real daemon process that tests can kill -9 and restart."""
+
+    def __init__(self, log_dir: Path, policy: Path | None = None) -> None:
+        self.log_dir, self.policy = log_dir, policy
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"watcher-{self.starts}.log"
+
+    def start(self, *, env: dict[str, str] | None = None, wait: bool = True) -> None:
+        self.starts += 1
+        argv = [XSPROTO, "watcher", *(["--policy", str(self.policy)] if self.policy else [])]
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **(env or {})})
+        if wait:
+            self.wait_for("watching")
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log_path.read_text(errors="replace"):
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"watcher exited {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"watcher never logged {text!r}:\n{self.log()}")
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, **kw: Any) -> None:
+        self.stop()
+        self.start(**kw)
+
+    def log(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+
+@pytest.fixture
+def start_watcher(tmp_path: Path) -> Iterator[Callable[..., WatcherProcess]]:
+    """Start watchers (optionally with a policy dict); all are killed afterwards."""
+    started: list[WatcherProcess] = []
+
+    def start(policy: dict[str, Any] | None = None, **kw: Any) -> WatcherProcess:
+        log_dir = tmp_path / f"watcher{len(started)}"
+        log_dir.mkdir()
+        policy_file = None
+        if policy is not None:
+            policy_file = log_dir / "policy.json"
+            policy_file.write_text(json.dumps(policy))
+        w = WatcherProcess(log_dir, policy_file)
+        started.append(w)
+        w.start(**kw)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+        print(f"--- watcher log ({w.log_dir.name}) ---\n{w.log()}")  # shown on failure
+
+
+@pytest.fixture
+def watcher(start_watcher: Callable[..., WatcherProcess]) -> WatcherProcess:
+    return start_watcher()
+
+
+@pytest.fixture
+def xs() -> Iterator[Xenstore]:
+    with Xenstore() as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def hv() -> Hypervisor:
+    return Hypervisor()

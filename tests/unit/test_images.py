@@ -1,0 +1,264 @@
+"""The pure parts of the image hooks: relaying, the header hold, grants, argv, rendering."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import threading
+from typing import Any
+
+import pytest
+
+from agents import grants, inspect, migrate, relay, restore, save, xl
+from xsproto.errors import HypervisorError, ImageError, ProtocolError
+from xsproto.negotiation import DomainInfo
+from xsproto.records import DecisionRecord, DecisionState
+from xsproto.stream import find_record, read_header, summarize, synthetic
+
+GRANT = grants.Grant(domid=3, base_pages=33024, granted_pages=2048)
+RECORD = GRANT.image_record(synthetic.domain_config())
+
+
+class Sink(io.RawIOBase):
+    """A write-only sink that remembers everything, like a pipe to xl."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.data += bytes(b)
+        return len(b)
+
+
+# Relaying.
+
+def test_relay_passes_the_body_byte_for_byte_and_then_the_trailing_handshake() -> None:
+    image = synthetic.build_image(image_record=RECORD, page_batches=(3, 2))
+    src = io.BufferedReader(io.BytesIO(image + b"GO"))
+    head = relay.read_head(src)
+    assert head.record == RECORD and head.name == "guest"
+    sink = Sink()
+    done = relay.relay_body(src, sink, offset=len(head.raw))
+    assert bytes(sink.data) == image[len(head.raw):] + b"GO"
+    assert (done.stream_bytes, done.trailing_bytes) == (len(image) - len(head.raw), 2)
+
+
+@pytest.mark.parametrize("cut", [10, 4000, -9])
+def test_relay_names_the_offset_of_a_truncation(cut: int) -> None:
+    image = synthetic.build_image()
+    src = io.BytesIO(image[:cut])
+    with pytest.raises(ImageError, match="truncated") as err:
+        head = relay.read_head(src)
+        relay.relay_body(src, Sink(), offset=len(head.raw))
+    assert err.value.offset is not None and 0 <= err.value.offset < len(image)
+
+
+def test_relay_refuses_a_legacy_stream() -> None:
+    header = synthetic.xl_header()
+    legacy = header.to_bytes()[:36] + (1).to_bytes(4, "little") + header.to_bytes()[40:]
+    with pytest.raises(ImageError, match="legacy") as err:
+        relay.read_head(io.BytesIO(legacy))
+    assert err.value.offset == 36
+
+
+def test_relay_forwards_the_go_message_without_waiting_for_eof() -> None:
+    """In a migration the sender waits for a reply after 'go': nothing may sit in a buffer."""
+    image = synthetic.build_image()
+    r, w = os.pipe()
+    got_go = threading.Event()
+
+    class Watching(Sink):
+        def write(self, b: Any) -> int:
+            n = super().write(b)
+            if self.data.endswith(b"GO"):
+                got_go.set()
+            return n
+
+    sink = Watching()
+
+    def sender() -> None:
+        os.write(w, image + b"GO")
+        got_go.wait(5)  # only then does the peer "reply" and close
+        os.close(w)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    with open(r, "rb") as src:
+        head = relay.read_head(src)
+        relay.relay_body(src, sink, offset=len(head.raw))
+    thread.join()
+    assert got_go.is_set()
+
+
+# The save filter.
+
+def test_save_filter_adds_the_record_and_keeps_the_image_valid() -> None:
+    image = synthetic.build_image(foreign=b"someone's data")
+    out = Sink()
+    size = save.filter_save(io.BytesIO(image), out, GRANT)
+    assert size == len(out.data)
+    summary = summarize(io.BytesIO(bytes(out.data)))
+    assert summary.record == RECORD
+    assert summary.header.extra_optional_data.startswith(b"someone's data")
+    _, raw = read_header(io.BytesIO(image))
+    assert bytes(out.data).endswith(image[len(raw):])
+
+
+def test_save_filter_without_a_grant_is_a_copy() -> None:
+    image = synthetic.build_image()
+    out = Sink()
+    save.filter_save(io.BytesIO(image), out, None)
+    assert bytes(out.data) == image
+
+
+def test_atomic_output_leaves_nothing_on_failure(tmp_path: Any) -> None:
+    target = tmp_path / "img"
+    with pytest.raises(RuntimeError), save.atomic_output(target) as out:
+        out.write(b"partial")
+        raise RuntimeError("xl failed")
+    assert list(tmp_path.iterdir()) == []
+    with save.atomic_output(target) as out:
+        out.write(b"whole")
+    assert [p.name for p in tmp_path.iterdir()] == ["img"]
+    assert target.read_bytes() == b"whole"
+
+
+# The restore hold: nothing past the xl header reaches xl before the limit is raised.
+
+class FakeXl:
+    def __init__(self) -> None:
+        self.stdin = Sink()
+
+    def poll(self) -> int | None:
+        return None
+
+
+def test_restore_holds_the_stream_until_the_grant_is_applied(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    image = synthetic.build_image(image_record=RECORD)
+    head = relay.read_head(io.BytesIO(image))
+    proc = FakeXl()
+    calls: list[tuple[str, Any, int]] = []
+
+    def await_new(hv: Any, xs: Any, before: Any, name: str, p: Any, verb: str) -> tuple[int, int]:
+        calls.append(("await", name, len(proc.stdin.data)))
+        return 7, 33100
+
+    def apply(xs: Any, hv: Any, domid: int, *, base_pages: int,
+              granted_pages: int) -> DecisionRecord:
+        calls.append(("apply", (domid, base_pages, granted_pages), len(proc.stdin.data)))
+        return DecisionRecord(state=DecisionState.GRANTED, request_id=0, base_pages=base_pages,
+                              granted_pages=granted_pages, max_pages=base_pages + granted_pages)
+
+    monkeypatch.setattr(restore, "_await_new_domain", await_new)
+    monkeypatch.setattr(restore, "apply_grant", apply)
+    src = io.BytesIO(image)
+    src.seek(len(head.raw))
+    names: set[str] = set()
+    fed = restore._feed(src, proc, restore.Feed("migrate-receive", [], incoming=True),  # type: ignore[arg-type]
+                        head, None, None, set(), names, None)  # type: ignore[arg-type]
+    assert calls == [("await", "guest--incoming", len(head.raw)),
+                     ("apply", (7, 33100, 2048), len(head.raw))]
+    assert bytes(proc.stdin.data) == image
+    assert (fed.domid, fed.max_pages) == (7, 33100 + 2048)
+    assert names == {"guest", "guest--incoming"}
+
+
+def test_restore_of_a_stock_image_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    image = synthetic.build_image()
+    head = relay.read_head(io.BytesIO(image))
+    monkeypatch.setattr(restore, "_await_new_domain", lambda *a: pytest.fail("waited"))
+    src = io.BytesIO(image)
+    src.seek(len(head.raw))
+    proc = FakeXl()
+    fed = restore._feed(src, proc, restore.Feed("restore", [], incoming=False),  # type: ignore[arg-type]
+                        head, None, None, set(), set(), None)  # type: ignore[arg-type]
+    assert bytes(proc.stdin.data) == image
+    assert fed.domid is None
+
+
+# Grants as read on the sending side.
+
+def _decision(state: DecisionState = DecisionState.GRANTED, granted: int = 2048) -> DecisionRecord:
+    if state is DecisionState.REJECTED:
+        return DecisionRecord(state=state, request_id=2, base_pages=33024, granted_pages=granted,
+                              max_pages=33024 + granted, reason="over-domain-cap: too many")
+    return DecisionRecord(state=state, request_id=1, base_pages=33024, granted_pages=granted,
+                          max_pages=33024 + granted)
+
+
+LIVE = DomainInfo(domid=3, exists=True, max_pages=35072, tot_pages=35000)
+
+
+def test_grant_is_carried_when_xen_agrees() -> None:
+    assert grants.check_grant(_decision(), LIVE) == GRANT
+    assert grants.check_grant(_decision(DecisionState.REJECTED), LIVE) == GRANT
+
+
+def test_nothing_to_carry_without_a_grant() -> None:
+    assert grants.check_grant(None, LIVE) is None
+    assert grants.check_grant(_decision(granted=0), LIVE) is None
+
+
+def test_grant_refused_while_applying_or_when_xen_disagrees() -> None:
+    with pytest.raises(ProtocolError, match="applying") as err:
+        grants.check_grant(_decision(DecisionState.APPLYING), LIVE)
+    assert err.value.path == "/libxl/3/extra-pages/state"
+    with pytest.raises(HypervisorError, match="max_pages 40000 differs"):
+        grants.check_grant(_decision(), DomainInfo(domid=3, exists=True, max_pages=40000))
+    with pytest.raises(HypervisorError, match="no such domain"):
+        grants.check_grant(_decision(), DomainInfo(domid=3, exists=False))
+
+
+# Command lines.
+
+def test_split_options_moves_flags_before_the_domain() -> None:
+    assert xl.split_options(["-c", "cfg", "-p"], verb="save", positional=1) == (["-c", "-p"],
+                                                                                ["cfg"])
+    with pytest.raises(xl.UsageError, match="'cfg'"):
+        xl.split_options(["cfg"], verb="restore")
+
+
+def test_receiver_command_mirrors_xl() -> None:
+    assert migrate.receiver_command("", "xsproto migrate-receive") == "xsproto migrate-receive"
+    assert (migrate.receiver_command("ssh -p 2222", "host b", paused=True, debug=True)
+            == "exec ssh -p 2222 'host b' xsproto migrate-receive -p -d")
+    assert migrate.receiver_command("ssh", "h") == "exec ssh h xsproto migrate-receive"
+
+
+def test_xl_migrate_runs_the_transport_with_an_empty_ssh_command() -> None:
+    args = argparse.Namespace(config=None, no_daemon=True, paused=False, debug=False)
+    transport = migrate.transport_command("exec ssh h xsproto migrate-receive", GRANT, 3)
+    argv = migrate.xl_migrate_argv(args, 3, transport)
+    assert argv[:5] == ["xl", "migrate", "-s", "", "-e"]
+    assert argv[5:] == ["3", transport]
+    assert "migrate-send --source-domid 3 --base-pages 33024 --granted-pages 2048" in transport
+    assert transport.endswith("'exec ssh h xsproto migrate-receive'")
+
+
+# inspect-image.
+
+def test_inspect_renders_header_config_record_and_records() -> None:
+    summary = summarize(io.BytesIO(synthetic.build_image(image_record=RECORD)))
+    text = inspect.render(summary)
+    assert "config: name guest, type pvh, memory 131072 kB" in text
+    assert "base 33024 + granted 2048 pages, max 35072" in text
+    assert "PAGE_DATA" in text and "12 records" in text
+    data = inspect.to_json(summary)
+    assert data["record"]["granted_pages"] == 2048
+    assert data["pfns"] == 3
+    assert [r["type"] for r in data["records"]][-1] == "END"
+    stock = inspect.render(summarize(io.BytesIO(synthetic.build_image())))
+    assert "xsproto record: none (stock image)" in stock
+
+
+def test_record_in_the_image_matches_the_grant() -> None:
+    out = Sink()
+    save.filter_save(io.BytesIO(synthetic.build_image()), out, GRANT)
+    record = find_record(read_header(io.BytesIO(bytes(out.data)))[0])
+    assert record is not None
+    assert (record.base_pages, record.granted_pages, record.max_pages) == (33024, 2048, 35072)
