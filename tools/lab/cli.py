@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,7 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C, SIGTERM and SIGHUP unwind normally, so the lab is powered off on the way
+    out (even when started in the background, where SIGINT is inherited as ignored)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _stop_on_signals()
     args = build_parser().parse_args(argv)
     if args.verb == "fetch":
         fetch.fetch(args.cache, force=args.force)
