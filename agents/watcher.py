@@ -96,10 +96,17 @@ class Watcher:
         for dm in sorted(self.areas):
             for name in self.xs.children(f"/local/domain/{dm}/device-model"):
                 if name.isdigit() and self.xs.children(paths.request_dir(dm, int(name))):
-                    self.handle(dm, int(name))
+                    self._guarded(paths.request_dir(dm, int(name)), self.handle, dm, int(name))
         for domid in sorted(self.granted):
-            self.handle_pending(domid)
+            self._guarded(paths.decision_dir(domid), self.handle_pending, domid)
         self.collect_dead()
+
+    def _guarded(self, path: str, fn: Callable[..., None], *args: object) -> None:
+        """One domain's trouble is logged and never stops the others being served."""
+        try:
+            fn(*args)
+        except (XenstoreError, ProtocolError, HypervisorError) as e:
+            logs.event(log, "failed", level=logging.ERROR, path=path, error=e)
 
     def _record_or_none(self, domid: int) -> DecisionRecord | None:
         try:
@@ -126,10 +133,7 @@ class Watcher:
 
     def run_forever(self) -> None:
         for path, token in self.xs.events():
-            try:
-                self.on_event(path, token)
-            except (XenstoreError, ProtocolError, HypervisorError) as e:
-                logs.event(log, "event-failed", level=logging.ERROR, path=path, error=e)
+            self._guarded(path, self.on_event, path, token)
 
     # Deciding.
 

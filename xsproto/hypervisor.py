@@ -5,6 +5,7 @@ Xen keeps the limit; this module only reads it and sets it, in pages (x86: 4 KiB
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from xsproto.errors import HypervisorError
@@ -33,7 +34,12 @@ class Hypervisor:
 
     def domain(self, domid: int) -> DomainInfo:
         """What Xen says about ``domid`` now; ``exists`` is False when there is none."""
-        infos: list[dict[str, Any]] = self._xc.domain_getinfo(domid, 1)
+        try:
+            infos: list[dict[str, Any]] = self._xc.domain_getinfo(domid, 1)
+        except Exception as e:  # xc.Error: ESRCH when no domain has an id >= domid
+            if e.args[:1] == (errno.ESRCH,):
+                return DomainInfo(domid=domid, exists=False)
+            raise HypervisorError(f"cannot read domain info: {e}", domid=domid) from e
         if not infos or infos[0]["domid"] != domid:
             return DomainInfo(domid=domid, exists=False)
         info = infos[0]
