@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from xsproto import paths
+from xsproto import paths, state
 from xsproto.errors import NegotiationTimeout, ProtocolError, RequestRejected
 from xsproto.exitcodes import Exit
 from xsproto.negotiation import DEFAULT_TIMEOUT, DeviceModelSide
@@ -53,24 +53,19 @@ def request_pages(xs: Xenstore, domid: int, pages: int, reason: str = "", *,
                 written = parse_request_id(raw_written, path=f"{request_dir}/{paths.REQUEST_ID}")
             except ProtocolError:
                 written = 0
-        decided = _read_decision(xs, decision_dir)
+        decided = state.read_decision(xs, domid)
         side, request = DeviceModelSide(domid).observe(decided).ask(
             pages, reason, now=clock(), decided=decided, written=written, timeout=timeout)
         xs.transact(lambda t: t.write_dir(request_dir, request.to_nodes()))
         while True:
-            side = side.observe(_read_decision(xs, decision_dir)).tick(clock())
+            side = side.observe(state.read_decision(xs, domid)).tick(clock())
             if side.outcome() is not None:
-                record = _read_decision(xs, decision_dir)
+                record = state.read_decision(xs, domid)
                 assert record is not None  # outcome() is set only from a record
                 return record
             xs.next_event(timeout=max(0.0, side.deadline - clock()))
     finally:
         xs.unwatch(decision_dir, DECISION_TOKEN)
-
-
-def _read_decision(xs: Xenstore, where: str) -> DecisionRecord | None:
-    nodes = xs.read_dir(where)
-    return DecisionRecord.from_nodes(nodes, where=where) if nodes else None
 
 
 def _result(record: DecisionRecord, domid: int) -> dict[str, Any]:

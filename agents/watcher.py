@@ -18,14 +18,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from xsproto import logs, negotiation, paths
+from xsproto import logs, negotiation, paths, state
 from xsproto.errors import HypervisorError, ProtocolError, XenstoreError
 from xsproto.exitcodes import Exit
 from xsproto.hypervisor import Hypervisor
 from xsproto.negotiation import Apply, Decision, DomainInfo, HostInfo, Ignore, Reject
 from xsproto.policy import Policy, RateLimiter
 from xsproto.records import DecisionRecord
-from xsproto.values import parse_domid
 from xsproto.xenstore import Xenstore
 
 log = logging.getLogger("xsproto.watcher")
@@ -43,13 +42,6 @@ CRASH_AT_ENV = "XSPROTO_CRASH_AT"
 def _checkpoint(name: str) -> None:
     if os.environ.get(CRASH_AT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def read_record(xs: Xenstore, domid: int) -> DecisionRecord | None:
-    """The recorded decision for ``domid``; None when there is none yet."""
-    where = paths.decision_dir(domid)
-    nodes = xs.read_dir(where)
-    return DecisionRecord.from_nodes(nodes, where=where) if nodes else None
 
 
 class Watcher:
@@ -110,7 +102,7 @@ class Watcher:
 
     def _record_or_none(self, domid: int) -> DecisionRecord | None:
         try:
-            return read_record(self.xs, domid)
+            return state.read_decision(self.xs, domid)
         except ProtocolError as e:
             logs.event(log, "bad-record", level=logging.WARNING, domid=domid,
                        path=paths.decision_dir(domid), error=e)
@@ -138,17 +130,7 @@ class Watcher:
     # Deciding.
 
     def dm_domid_of(self, domid: int) -> int:
-        """The device model's domain for ``domid``: a stubdom's id written by libxl, else 0.
-
-        The node is trusted only if dom0 owns it (the guest cannot write it)."""
-        where = paths.dm_domid_path(domid)
-        raw = self.xs.read(where)
-        if raw is None or self.xs.owner(where) != 0:
-            return 0
-        try:
-            return parse_domid(raw, path=where)
-        except ProtocolError:
-            return 0
+        return state.dm_domid_of(self.xs, domid)
 
     def domain(self, domid: int) -> DomainInfo:
         info = self.hv.domain(domid)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from agents import dm_agent, images, watcher
+from agents import dm_agent, images, status, watcher
 from xsproto import logs
 from xsproto.errors import XsprotoError
 from xsproto.exitcodes import Exit
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for agent in (watcher, dm_agent, images):
+    for agent in (watcher, dm_agent, images, status):
         agent.register(sub)
     return parser
 

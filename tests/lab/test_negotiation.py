@@ -7,6 +7,7 @@ raw xenstore writes, for hostile input) plus a libxenctrl populate, as QEMU does
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 import time
 from collections.abc import Callable
@@ -14,13 +15,14 @@ from collections.abc import Callable
 import pytest
 
 from agents import dm_agent
-from agents.watcher import CRASH_AT_ENV, read_record
+from agents.watcher import CRASH_AT_ENV
 from tests.lab.conftest import XSPROTO, GuestFactory, WatcherProcess
 from tools.lab.devicemodel import PopulateError, populate
 from xsproto import paths
 from xsproto.errors import RequestRejected
 from xsproto.hypervisor import Hypervisor
 from xsproto.records import DecisionRecord, DecisionState, RejectCode
+from xsproto.state import read_decision
 from xsproto.xenstore import Xenstore
 
 pytestmark = pytest.mark.lab
@@ -34,11 +36,11 @@ def wait_record(xs: Xenstore, domid: int, ok: Callable[[DecisionRecord | None], 
                 timeout: float = 180) -> DecisionRecord | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        record = read_record(xs, domid)
+        record = read_decision(xs, domid)
         if ok(record):
             return record
         time.sleep(0.05)
-    raise AssertionError(f"domain {domid}: record never matched; last {read_record(xs, domid)}")
+    raise AssertionError(f"domain {domid}: record never matched; last {read_decision(xs, domid)}")
 
 
 def decided(xs: Xenstore, domid: int, request_id: int) -> DecisionRecord:
@@ -101,6 +103,11 @@ def test_cli_exit_statuses(make_guest: GuestFactory, start_watcher: Callable[...
                              capture_output=True, text=True)
     assert missing.returncode == 3 and "no-such-domain" in missing.stderr
     assert max_pages(hv, domid) == base + N
+    shown = subprocess.run([XSPROTO, "status", "--domid", str(domid), "--json"],
+                           capture_output=True, text=True, check=True)
+    (row,) = json.loads(shown.stdout)
+    assert row["consistent"] and row["granted_pages"] == N
+    assert row["xen_max_pages"] == row["recorded_max_pages"] == base + N
 
 
 def test_replays_spurious_events_and_restarts_never_raise_twice(
@@ -130,7 +137,7 @@ def test_two_racing_watchers_agree(make_guest: GuestFactory,
         write_request(xs, domid, str(i).encode(), pages=str(pages).encode())
     record = decided(xs, domid, 5)
     time.sleep(1)  # let a late watcher finish whatever it was doing
-    assert read_record(xs, domid) == record
+    assert read_decision(xs, domid) == record
     assert record.granted_pages == 1200
     assert max_pages(hv, domid) == base + 1200
 
@@ -144,7 +151,7 @@ def test_kill_9_mid_request_then_restart_reconciles(
     doomed = start_watcher(env={CRASH_AT_ENV: checkpoint})
     write_request(xs, domid, b"1", pages=str(N).encode())
     assert doomed.wait_exit() == -9
-    pending = read_record(xs, domid)
+    pending = read_decision(xs, domid)
     assert pending is not None and pending.state is DecisionState.APPLYING
     expected_now = base + N if checkpoint == "after-hypercall" else base
     assert max_pages(hv, domid) == expected_now
@@ -212,7 +219,7 @@ def test_wrong_writer_and_guest_own_area(make_guest: GuestFactory, watcher: Watc
 
     xs.transact(guest_writes_own_area)
     time.sleep(2)
-    assert read_record(xs, domid) == record
+    assert read_decision(xs, domid) == record
     assert max_pages(hv, domid) == base + 16
 
 
@@ -261,7 +268,7 @@ def test_policy_caps_and_host_budget(make_guest: GuestFactory,
     with pytest.raises(RequestRejected) as over_budget:
         request_pages(xs, b, 2901)
     assert over_budget.value.code == RejectCode.OVER_HOST_BUDGET
-    assert max_pages(hv, b) == read_record(xs, b).max_pages  # type: ignore[union-attr]
+    assert max_pages(hv, b) == read_decision(xs, b).max_pages  # type: ignore[union-attr]
 
 
 def test_request_beyond_free_memory_is_rejected(make_guest: GuestFactory,
