@@ -37,7 +37,7 @@ class DomainStatus:
 
 def domain_status(xs: Xenstore, hv: Hypervisor, domid: int) -> DomainStatus:
     dm = state.dm_domid_of(xs, domid)
-    request = xs.read_dir(paths.request_dir(dm, domid))
+    request, _ = state.read_request(xs, dm, domid)
     info = hv.domain(domid)
     name = xs.read(f"/local/domain/{domid}/name")
     problem = None

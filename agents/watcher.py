@@ -150,10 +150,10 @@ class Watcher:
                        why=f"domain {domid}'s device model is domain {expected}")
             return
         for _ in range(MAX_ROUNDS):
-            nodes = self.xs.read_dir(where)
+            nodes, owner = state.read_request(self.xs, dm, domid)
             current = self._record_or_none(domid)
             decision = negotiation.decide(
-                nodes, owner=self._owner(where), dm_domid=dm, current=current,
+                nodes, owner=owner, dm_domid=dm, current=current,
                 domain=self.domain(domid), host=self._host(domid), policy=self.policy,
                 limiter=self.limiter, now=self.clock())
             if self.carry_out(domid, dm, current, decision, where, nodes):
@@ -168,10 +168,6 @@ class Watcher:
         if not isinstance(decision, Ignore):
             self.carry_out(domid, self.dm_domid_of(domid), current, decision,
                            paths.decision_dir(domid), {})
-
-    def _owner(self, where: str) -> int:
-        owner = self.xs.owner(f"{where}/{paths.REQUEST_ID}")
-        return -1 if owner is None else owner
 
     def _host(self, domid: int) -> HostInfo:
         elsewhere = sum(g for d, g in self.granted.items() if d != domid)

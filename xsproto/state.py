@@ -14,10 +14,25 @@ from xsproto.xenstore import Xenstore
 
 
 def read_decision(xs: Xenstore, domid: int) -> DecisionRecord | None:
-    """The recorded decision for ``domid``; None when there is none yet."""
+    """The recorded decision for ``domid``; None when there is none yet.
+
+    Read in a transaction: the watcher rewrites the keys in one, and reads outside one
+    could straddle its commit and see half of the old record and half of the new."""
     where = paths.decision_dir(domid)
-    nodes = xs.read_dir(where)
+    nodes = xs.transact(lambda t: t.read_dir(where))
     return DecisionRecord.from_nodes(nodes, where=where) if nodes else None
+
+
+def read_request(xs: Xenstore, dm_domid: int, domid: int) -> tuple[dict[str, bytes], int]:
+    """The request directory's children and the owner domid of its request-id node (-1
+    when absent), in one transaction so they all belong to the same write."""
+    where = paths.request_dir(dm_domid, domid)
+
+    def read(t: Xenstore) -> tuple[dict[str, bytes], int]:
+        owner = t.owner(f"{where}/{paths.REQUEST_ID}")
+        return t.read_dir(where), -1 if owner is None else owner
+
+    return xs.transact(read)
 
 
 def dm_domid_of(xs: Xenstore, domid: int) -> int:

@@ -179,15 +179,15 @@ def test_hostile_values_are_rejected_and_change_nothing(
     where = paths.request_dir(0, domid)
     for i, (value, code) in enumerate(HOSTILE_PAGES, start=1):
         # xenstore-write (C, one transaction) writes bytes pyxs would refuse (non-ASCII).
-        subprocess.run(["xenstore-write", f"{where}/version", "1", f"{where}/reason", "hostile",
-                        f"{where}/pages", value.decode(), f"{where}/request-id", str(100 + i)],
-                       check=True)
+        subprocess.run(["xenstore-write", "--", f"{where}/version", "1",
+                        f"{where}/reason", "hostile", f"{where}/pages", value.decode(),
+                        f"{where}/request-id", str(100 + i)], check=True)
         record = decided(xs, domid, 100 + i)
         assert record.state is DecisionState.REJECTED, value
         assert record.rejection is not None and record.rejection[0] is code, (value, record)
         assert max_pages(hv, domid) == base
     for bad_reason in ("x" * 200, "tab\there", "ünï"):
-        subprocess.run(["xenstore-write", f"{where}/reason", bad_reason,
+        subprocess.run(["xenstore-write", "--", f"{where}/reason", bad_reason,
                         f"{where}/pages", "1", f"{where}/request-id", "500"], check=True)
         record = decided(xs, domid, 500)
         assert record.rejection is not None and record.rejection[0] is RejectCode.BAD_VALUE
