@@ -69,7 +69,7 @@ class WatcherProcess:
         if wait:
             self.wait_for("watching")
 
-    def wait_for(self, text: str, timeout: float = 60) -> None:
+    def wait_for(self, text: str, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if text in self.log_path.read_text(errors="replace"):
@@ -79,7 +79,7 @@ class WatcherProcess:
             time.sleep(0.05)
         raise AssertionError(f"watcher never logged {text!r}:\n{self.log()}")
 
-    def wait_exit(self, timeout: float = 60) -> int:
+    def wait_exit(self, timeout: float = 300) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
 

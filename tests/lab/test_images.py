@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,13 @@ EXTRA = 2048
 VERIFIER = "/usr/lib/xen-4.17/bin/verify-stream-v2"
 XEN_PYTHONPATH = "/usr/lib/xen-4.17/lib/python"
 RECEIVER = f"{sys.executable} -m xsproto.cli migrate-receive"
+
+
+@pytest.fixture(autouse=True)
+def _free_tmpfs(tmp_path: Path) -> Iterator[None]:
+    """Images are ~150 MB and dom0's /tmp is a small tmpfs: drop them after each test."""
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def xsproto(*args: str) -> subprocess.CompletedProcess[str]:
@@ -70,9 +79,15 @@ def domid_named(name: str) -> int | None:
     return int(out.stdout) if out.returncode == 0 else None
 
 
+def xl_log(name: str) -> str:
+    """xl's own log of the domain (why it died, if it did)."""
+    logs = sorted(Path("/var/log/xen").glob(f"xl-{name}.log*"))
+    return "\n".join(f"{p}:\n{p.read_text(errors='replace')[-2000:]}" for p in logs)
+
+
 def assert_running(name: str) -> int:
     domid = domid_named(name)
-    assert domid is not None, f"no domain {name}"
+    assert domid is not None, f"no domain {name}\n{xl_log(name)}"
     time.sleep(1)
     state = xl("list", name).stdout.splitlines()[1].split()[4]
     assert "p" not in state and "c" not in state and "s" not in state, state
@@ -144,7 +159,7 @@ def test_migrate_to_localhost_three_times_without_growth(make_guest: GuestFactor
     for _ in range(3):
         started = time.monotonic()
         moved = xsproto("migrate", "-s", "", name, RECEIVER)
-        assert moved.returncode == 0, moved.stderr
+        assert moved.returncode == 0, f"{moved.stderr}\n{xl_log(name)}"
         new = assert_running(name)
         assert new not in seen
         seen.add(new)

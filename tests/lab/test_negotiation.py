@@ -239,9 +239,11 @@ def test_requests_for_dom0_and_missing_domains_change_nothing(
     assert not xs.children(where) and not xs.children(paths.decision_dir(31000))
 
 
-def test_request_flood_is_rate_limited(make_guest: GuestFactory, watcher: WatcherProcess,
+def test_request_flood_is_rate_limited(make_guest: GuestFactory,
+                                       start_watcher: Callable[..., WatcherProcess],
                                        xs: Xenstore, hv: Hypervisor) -> None:
     domid = make_guest()
+    start_watcher(policy={"rate": {"burst": 5, "refill_seconds": 3600}})
     base = max_pages(hv, domid)
     outcomes: list[int | str] = []
     for pages in range(10, 90, 10):
@@ -249,7 +251,7 @@ def test_request_flood_is_rate_limited(make_guest: GuestFactory, watcher: Watche
             outcomes.append(request_pages(xs, domid, pages).granted_pages)
         except RequestRejected as e:
             outcomes.append(e.code)
-    assert outcomes[:5] == [10, 20, 30, 40, 50]  # the default burst is 5
+    assert outcomes[:5] == [10, 20, 30, 40, 50]
     assert outcomes[5:] == [RejectCode.RATE_LIMITED] * 3
     assert max_pages(hv, domid) == base + 50
 
