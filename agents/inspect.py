@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agents.relay import naming
 from xsproto.errors import XsprotoError
 from xsproto.exitcodes import Exit
 from xsproto.stream import ImageSummary, summarize
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        with open(args.file, "rb") as src:
+        with open(args.file, "rb") as src, naming(args.file):
             summary = summarize(src)
     except OSError as e:
         raise XsprotoError(f"{args.file}: cannot read: {e.strerror or e}") from e

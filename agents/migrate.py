@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from agents import xl
 from agents.grants import Grant, read_grant
+from agents.relay import naming
 from agents.save import filter_save
 from xsproto import logs
 from xsproto.exitcodes import Exit
@@ -100,7 +101,8 @@ def run_migrate(args: argparse.Namespace) -> int:
 def run_send(args: argparse.Namespace) -> int:
     grant = (Grant(args.source_domid, args.base_pages, args.granted_pages)
              if args.granted_pages else None)
-    return relay_to_receiver(sys.stdin.buffer, ["sh", "-c", args.receiver], grant)
+    with naming(f"migration stream of domain {args.source_domid}"):
+        return relay_to_receiver(sys.stdin.buffer, ["sh", "-c", args.receiver], grant)
 
 
 def relay_to_receiver(src: Readable, receiver: Sequence[str], grant: Grant | None) -> int:

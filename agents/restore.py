@@ -22,7 +22,7 @@ from pathlib import Path
 
 from agents import xl
 from agents.grants import apply_grant
-from agents.relay import ImageHead, read_head, relay_body, write_all
+from agents.relay import ImageHead, naming, read_head, relay_body, write_all
 from xsproto import logs
 from xsproto.errors import HypervisorError, ImageError, XsprotoError
 from xsproto.exitcodes import Exit
@@ -69,7 +69,7 @@ def run_restore(args: argparse.Namespace) -> int:
         src = open(args.file, "rb")  # noqa: SIM115 (closed below, after the feed)
     except OSError as e:
         raise XsprotoError(f"{args.file}: cannot open: {e.strerror or e}") from e
-    with src:
+    with src, naming(args.file):
         head = read_head(src)  # a bad header fails here, before xl creates anything
         result = feed(src, Feed("restore", [*flags, STDIN_PATH], incoming=False),
                       head=head, xenstore=args.xenstore, total=_size(src.fileno()))
@@ -81,8 +81,9 @@ def run_restore(args: argparse.Namespace) -> int:
 def run_receive(args: argparse.Namespace) -> int:
     flags = [flag for flag in RECEIVE_FLAGS if getattr(args, f"xl{flag}")]
     # xl sends its banner first and the sender waits for it: start xl, then read.
-    result = feed(sys.stdin.buffer, Feed("migrate-receive", flags, incoming=True), head=None,
-                  xenstore=args.xenstore)
+    with naming("migration stream"):
+        result = feed(sys.stdin.buffer, Feed("migrate-receive", flags, incoming=True),
+                      head=None, xenstore=args.xenstore)
     logs.event(log, "received", domid=result.domid, granted_pages=result.granted_pages,
                max_pages=result.max_pages)
     return Exit.OK

@@ -21,14 +21,15 @@ from typing import BinaryIO
 
 from agents import xl
 from agents.grants import Grant, read_grant
-from agents.relay import read_head, relay_body, write_all
+from agents.relay import naming, read_head, relay_body, write_all
 from xsproto import logs
-from xsproto.errors import XsprotoError
+from xsproto.errors import ImageError, XsprotoError
 from xsproto.exitcodes import Exit
 from xsproto.hypervisor import Hypervisor
 from xsproto.stream import rewrite_header_with_record
 from xsproto.stream.reader import Readable
 from xsproto.stream.walk import Writable
+from xsproto.stream.xl_header import FIXED_SIZE
 from xsproto.xenstore import Xenstore
 
 log = logging.getLogger("xsproto.save")
@@ -69,8 +70,11 @@ def filter_save(src: Readable, dst: Writable, grant: Grant | None) -> int:
     """
     head = read_head(src)
     out = head.raw
-    config = head.header.config_json()
-    if grant is not None and config is not None:
+    if grant is not None:
+        config = head.header.config_json()
+        if config is None:
+            raise ImageError("no domain config in the xl header to tie the record to",
+                             offset=FIXED_SIZE)
         out = rewrite_header_with_record(head.header, grant.image_record(config))
     write_all(dst, out)
     body = relay_body(src, dst, offset=len(head.raw), what="save")
@@ -120,7 +124,8 @@ def save(domid: int, target: Path, grant: Grant | None, *, flags: Sequence[str] 
                 os.close(write_fd)
             with open(read_fd, "rb") as src:
                 try:
-                    size = filter_save(src, out, grant)
+                    with naming(f"xl save stream of domain {domid}"):
+                        size = filter_save(src, out, grant)
                 except XsprotoError as e:
                     src.close()
                     if status := proc.wait():  # xl failed first: its reason is the one
