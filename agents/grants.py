@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from xsproto import logs, negotiation, paths
+from xsproto import logs, negotiation, paths, state
 from xsproto.errors import HypervisorError, ProtocolError
 from xsproto.hypervisor import Hypervisor
 from xsproto.negotiation import DomainInfo
 from xsproto.records import DecisionRecord, DecisionState
 from xsproto.stream import ImageRecord, record_for_config
-from xsproto.values import parse_domid
 from xsproto.xenstore import Xenstore
 
 log = logging.getLogger("xsproto.grants")
@@ -75,17 +74,7 @@ def check_grant(decision: DecisionRecord | None, domain: DomainInfo) -> Grant | 
 
 def read_grant(xs: Xenstore, hv: Hypervisor, domid: int) -> Grant | None:
     """The checked grant of a live domain (see ``check_grant``)."""
-    where = paths.decision_dir(domid)
-    nodes = xs.read_dir(where)
-    decision = DecisionRecord.from_nodes(nodes, where=where) if nodes else None
-    return check_grant(decision, hv.domain(domid))
-
-
-def dm_domid(xs: Xenstore, domid: int) -> int:
-    """The domain running ``domid``'s device model (libxl writes it for stubdoms only)."""
-    path = paths.dm_domid_path(domid)
-    raw = xs.read(path)
-    return 0 if raw is None else parse_domid(raw, path=path)
+    return check_grant(state.read_decision(xs, domid), hv.domain(domid))
 
 
 def apply_grant(xs: Xenstore, hv: Hypervisor, domid: int, *, base_pages: int,
@@ -98,7 +87,7 @@ def apply_grant(xs: Xenstore, hv: Hypervisor, domid: int, *, base_pages: int,
     record = negotiation.restored(base_pages, granted_pages)
     hv.set_max_pages(domid, record.max_pages)
     where = paths.decision_dir(domid)
-    perms = paths.decision_permissions(dm_domid(xs, domid))
+    perms = paths.decision_permissions(state.dm_domid_of(xs, domid))
 
     def publish(t: Xenstore) -> None:
         t.remove(where)
