@@ -102,7 +102,7 @@ def save_restore(hv: Hypervisor, images: Path) -> None:
     image = images / "demo.save"
     sh(XSPROTO, "save", NAME, str(image))
     sh(XSPROTO, "inspect-image", str(image))
-    sh("/usr/lib/xen-4.17/bin/verify-stream-v2", "-f", "xl", "-i", str(image))
+    sh(sys.executable, "/usr/lib/xen-4.17/bin/verify-stream-v2", "-f", "xl", "-i", str(image))
 
     say("xsproto restore: the new domain's limit is raised before the libxc stream starts")
     sh(XSPROTO, "restore", str(image))
