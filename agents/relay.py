@@ -11,7 +11,6 @@ follows the libxl END record (xl's migration handshake) is copied without parsin
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -21,8 +20,8 @@ from xsproto import logs
 from xsproto.errors import ImageError
 from xsproto.stream import XlHeader, check_record_matches_config, copy_stream, find_record, libxl
 from xsproto.stream.image_record import ImageRecord
-from xsproto.stream.reader import Readable, StreamReader
-from xsproto.stream.walk import ConfigSummary, Writable
+from xsproto.stream.reader import Readable, StreamReader, Writable, write_all
+from xsproto.stream.walk import ConfigSummary
 from xsproto.stream.xl_header import MANDATORY_FLAG_STREAMV2, read_header
 
 log = logging.getLogger("xsproto.relay")
@@ -30,8 +29,6 @@ log = logging.getLogger("xsproto.relay")
 RELAY_CHUNK = 1 << 20
 """Bytes per read while relaying page data: few enough calls that the interpreter's
 overhead per read vanishes next to the copy, even on the lab's emulated CPU."""
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
 PROGRESS_INTERVAL = 2.0
 """Seconds between progress lines on stderr."""
 
@@ -74,32 +71,8 @@ def naming(where: object) -> Iterator[None]:
         raise named from e
 
 
-def _keep_read_buffers_on_heap() -> None:
-    """Let glibc reuse freed 1 MiB read buffers instead of mapping fresh zeroed pages.
-
-    glibc serves each malloc over its mmap threshold with a new mapping: every 1 MiB read
-    then faults in 256 zeroed pages, which halved the relay's speed against cat (and
-    costs far more under the lab's emulated MMU). Nothing to do off glibc.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, 8 * RELAY_CHUNK)
-    mallopt(_M_TRIM_THRESHOLD, 64 * RELAY_CHUNK)
-
-
-def write_all(dst: Writable, data: bytes) -> None:
-    """Write everything and flush: the peer may be waiting for exactly these bytes."""
-    view = memoryview(data)
-    while view:
-        written = dst.write(view)
-        view = view[len(view) if written is None else written:]
-    dst.flush()
-
-
 class _Tee:
-    """A Readable that forwards every byte it returns to ``dst`` at once."""
+    """A Readable that forwards every byte it returns (or reads into) to ``dst`` at once."""
 
     def __init__(self, src: Readable, dst: Writable, progress: Callable[[int], None]) -> None:
         self._src = src
@@ -114,6 +87,20 @@ class _Tee:
             self.count += len(data)
             self._progress(self.count)
         return data
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        readinto = getattr(self._src, "readinto", None)
+        if readinto is None:
+            data = self._src.read(len(buffer))
+            got = len(data)
+            buffer[:got] = data
+        else:
+            got = readinto(buffer) or 0
+        if got:
+            write_all(self._dst, buffer[:got])
+            self.count += got
+            self._progress(self.count)
+        return got
 
 
 @dataclass(frozen=True)
@@ -131,7 +118,6 @@ def relay_body(src: Readable, dst: Writable, *, offset: int, what: str = "image"
     Raises ImageError at the first malformed or missing byte: the sink then holds a
     prefix of the stream, and the caller must discard it (or let xl fail on it).
     """
-    _keep_read_buffers_on_heap()
     started = time.monotonic()
     last = started
 

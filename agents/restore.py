@@ -22,12 +22,12 @@ from pathlib import Path
 
 from agents import xl
 from agents.grants import apply_grant
-from agents.relay import ImageHead, naming, read_head, relay_body, write_all
+from agents.relay import ImageHead, naming, read_head, relay_body
 from xsproto import logs
 from xsproto.errors import HypervisorError, ImageError, XsprotoError
 from xsproto.exitcodes import Exit
 from xsproto.hypervisor import Hypervisor
-from xsproto.stream.reader import Readable
+from xsproto.stream.reader import Readable, write_all
 from xsproto.xenstore import Xenstore
 
 log = logging.getLogger("xsproto.restore")

@@ -21,14 +21,13 @@ from typing import BinaryIO
 
 from agents import xl
 from agents.grants import Grant, read_grant
-from agents.relay import naming, read_head, relay_body, write_all
+from agents.relay import naming, read_head, relay_body
 from xsproto import logs
 from xsproto.errors import ImageError, XsprotoError
 from xsproto.exitcodes import Exit
 from xsproto.hypervisor import Hypervisor
 from xsproto.stream import rewrite_header_with_record
-from xsproto.stream.reader import Readable
-from xsproto.stream.walk import Writable
+from xsproto.stream.reader import Readable, Writable, write_all
 from xsproto.stream.xl_header import FIXED_SIZE
 from xsproto.xenstore import Xenstore
 

@@ -31,6 +31,7 @@ from agents import relay
 from agents.grants import Grant
 from agents.save import filter_save
 from xsproto.stream import summarize, synthetic
+from xsproto.stream.reader import write_all
 
 BATCH = 1024
 """Pages per PAGE_DATA record: libxc's MAX_BATCH_SIZE."""
@@ -59,7 +60,7 @@ def child(kind: str, image: str) -> None:
             filter_save(src, dst, GRANT)
         else:
             head = relay.read_head(src)
-            relay.write_all(dst, head.raw)
+            write_all(dst, head.raw)
             relay.relay_body(src, dst, offset=len(head.raw))
         print(json.dumps({"seconds": time.monotonic() - started}))
 

@@ -34,11 +34,24 @@ class Sink(io.RawIOBase):
         return len(b)
 
 
+class ReadOnly:
+    """A source with ``read`` and nothing else (no ``readinto``), with short reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self._src = io.BytesIO(data)
+
+    def read(self, size: int = -1, /) -> bytes:
+        return self._src.read(min(size, 3000) if size >= 0 else -1)
+
+
 # Relaying.
 
-def test_relay_passes_the_body_byte_for_byte_and_then_the_trailing_handshake() -> None:
+@pytest.mark.parametrize("source", [lambda b: io.BufferedReader(io.BytesIO(b)), ReadOnly],
+                         ids=["readinto", "read-only"])
+def test_relay_passes_the_body_byte_for_byte_and_then_the_trailing_handshake(
+        source: Any) -> None:
     image = synthetic.build_image(image_record=RECORD, page_batches=(3, 2))
-    src = io.BufferedReader(io.BytesIO(image + b"GO"))
+    src = source(image + b"GO")
     head = relay.read_head(src)
     assert head.record == RECORD and head.name == "guest"
     sink = Sink()

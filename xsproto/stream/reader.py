@@ -1,8 +1,8 @@
-"""Offset-counting reads from a forward-only byte source.
+"""Byte plumbing for streams: offset-counting reads from a forward-only source, and sinks.
 
 Save images arrive on pipes as often as from files (``xl migrate`` streams them over
-ssh), so nothing here seeks: bodies are skipped by reading and discarding bounded
-chunks, and every error names the byte offset where the damaged item starts.
+ssh), so nothing here seeks: bodies are skipped by reading into one reused buffer, and
+every error names the byte offset where the damaged item starts.
 """
 
 from __future__ import annotations
@@ -21,6 +21,23 @@ class Readable(Protocol):
     def read(self, size: int = ..., /) -> bytes: ...
 
 
+class Writable(Protocol):
+    """A binary sink: file, pipe or BytesIO."""
+
+    def write(self, data: memoryview, /) -> int | None: ...
+
+    def flush(self) -> None: ...
+
+
+def write_all(dst: Writable, data: bytes | memoryview) -> None:
+    """Write everything and flush: the peer may be waiting for exactly these bytes."""
+    view = memoryview(data)
+    while view:
+        written = dst.write(view)
+        view = view[len(view) if written is None else written:]
+    dst.flush()
+
+
 class StreamReader:
     """Reads exact amounts and tracks the absolute offset, for error messages."""
 
@@ -29,6 +46,7 @@ class StreamReader:
             raise ValueError(f"chunk size must be positive, got {chunk}")
         self._src = src
         self._chunk = chunk
+        self._buffer: memoryview | None = None
         self.offset = offset
 
     def read_exact(self, size: int, what: str) -> bytes:
@@ -48,18 +66,30 @@ class StreamReader:
         return b"".join(parts)
 
     def skip(self, size: int, what: str) -> None:
-        """Consume ``size`` bytes without keeping them, in bounded chunks."""
+        """Consume ``size`` bytes without keeping them.
+
+        Sources with ``readinto`` fill one buffer allocated once per reader: page data
+        is gigabytes, and a fresh bytes object per chunk costs page faults and zeroing
+        that showed as a tenth of the time against ``cat``.
+        """
         start = self.offset
         left = size
+        readinto = getattr(self._src, "readinto", None)
         while left:
-            data = self._src.read(min(left, self._chunk))
-            if not data:
+            want = min(left, self._chunk)
+            if readinto is None:
+                got = len(self._src.read(want))
+            else:
+                if self._buffer is None:
+                    self._buffer = memoryview(bytearray(self._chunk))
+                got = readinto(self._buffer[:want]) or 0
+            if not got:
                 raise ImageError(
                     f"truncated {what}: expected {size} bytes, got {size - left}",
                     offset=start,
                 )
-            left -= len(data)
-            self.offset += len(data)
+            left -= got
+            self.offset += got
 
     def drain(self) -> int:
         """Consume everything left and return how many bytes that was."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from xsproto.errors import ImageError
 from xsproto.stream import libxl
@@ -24,18 +24,10 @@ from xsproto.stream.image_record import (
     foreign_optional_data,
 )
 from xsproto.stream.libxc import LibxcHeader
-from xsproto.stream.reader import CHUNK_SIZE, Readable, StreamReader
+from xsproto.stream.reader import CHUNK_SIZE, Readable, StreamReader, Writable, write_all
 from xsproto.stream.xl_header import MANDATORY_FLAG_STREAMV2, XlHeader, read_header
 
 _T = TypeVar("_T")
-
-
-class Writable(Protocol):
-    """A binary sink: file, pipe or BytesIO."""
-
-    def write(self, data: memoryview, /) -> int | None: ...
-
-    def flush(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -140,11 +132,7 @@ def copy_stream(src: Readable, dst: Writable, *, chunk: int = CHUNK_SIZE) -> int
     read: Callable[[int], bytes] = getattr(src, "read1", src.read)
     total = 0
     while data := read(chunk):
-        view = memoryview(data)
-        while view:
-            written = dst.write(view)
-            view = view[len(view) if written is None else written:]
-        dst.flush()
+        write_all(dst, data)
         total += len(data)
     return total
 
