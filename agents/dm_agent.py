@@ -58,12 +58,12 @@ def request_pages(xs: Xenstore, domid: int, pages: int, reason: str = "", *,
             pages, reason, now=clock(), decided=decided, written=written, timeout=timeout)
         xs.transact(lambda t: t.write_dir(request_dir, request.to_nodes()))
         while True:
-            side = side.observe(state.read_decision(xs, domid)).tick(clock())
+            record = state.read_decision(xs, domid)
+            side = side.observe(record).tick(clock())
             if side.outcome() is not None:
-                record = state.read_decision(xs, domid)
                 assert record is not None  # outcome() is set only from a record
                 return record
-            xs.next_event(timeout=max(0.0, side.deadline - clock()))
+            xs.next_batch(timeout=max(0.0, side.deadline - clock()))
     finally:
         xs.unwatch(decision_dir, DECISION_TOKEN)
 

@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from xsproto import logs, negotiation, paths, state
 from xsproto.errors import HypervisorError, ProtocolError, XenstoreError
@@ -42,6 +42,20 @@ CRASH_AT_ENV = "XSPROTO_CRASH_AT"
 def _checkpoint(name: str) -> None:
     if os.environ.get(CRASH_AT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Work(NamedTuple):
+    """One thing a batch of watch events asks the watcher to do."""
+
+    kind: Literal["release", "introduce", "request"]
+    dm: int = 0
+    domid: int = 0
+
+    @property
+    def path(self) -> str:
+        """Where it happens, for the logs."""
+        return paths.request_dir(self.dm, self.domid) if self.kind == "request" \
+            else f"@{self.kind}Domain"
 
 
 class Watcher:
@@ -110,22 +124,36 @@ class Watcher:
 
     # Events.
 
-    def on_event(self, path: str, token: str) -> None:
+    def work_for(self, path: str, token: str) -> Work | None:
+        """What an event asks for; None for the device models' other nodes."""
         if token == RELEASE_TOKEN:
-            self.collect_dead()
-        elif token == INTRODUCE_TOKEN:
-            self._watch_areas()
-        elif token == AREA_TOKEN:
+            return Work("release")
+        if token == INTRODUCE_TOKEN:
+            return Work("introduce")
+        if token == AREA_TOKEN:
             try:
                 where = paths.parse(path)
             except ProtocolError:
-                return  # the device model's other nodes: not ours
+                return None
             if isinstance(where, paths.RequestPath):
-                self.handle(where.dm_domid, where.domid)
+                return Work("request", where.dm_domid, where.domid)
+        return None
+
+    def do(self, work: Work) -> None:
+        if work.kind == "release":
+            self.collect_dead()
+        elif work.kind == "introduce":
+            self._watch_areas()
+        else:
+            self.handle(work.dm, work.domid)
 
     def run_forever(self) -> None:
-        for path, token in self.xs.events():
-            self._guarded(path, self.on_event, path, token)
+        """Serve events; the events of one batch (a request's four keys, say) are served
+        once per thing they ask for, in order of arrival."""
+        for batch in self.xs.event_batches():
+            works = dict.fromkeys(w for p, t in batch if (w := self.work_for(p, t)))
+            for work in works:
+                self._guarded(work.path, self.do, work)
 
     # Deciding.
 

@@ -185,7 +185,19 @@ class Xenstore:
             return None
         return _text(path), _text(token)
 
-    def events(self) -> Iterator[tuple[str, str]]:
-        """Watch events as (path, token), forever."""
-        while (event := self.next_event()) is not None:
-            yield event
+    def next_batch(self, timeout: float | None = None) -> list[tuple[str, str]]:
+        """The next watch event and all already queued behind it, each distinct event once;
+        empty when ``timeout`` passes first. A commit fires one event per node it wrote: a
+        reader that acts once per batch does not redo its work for every node."""
+        first = self.next_event(timeout)
+        if first is None:
+            return []
+        batch = {first: None}
+        while (more := self.next_event(timeout=0)) is not None:
+            batch[more] = None
+        return list(batch)
+
+    def event_batches(self) -> Iterator[list[tuple[str, str]]]:
+        """Batches of watch events (see ``next_batch``), forever."""
+        while batch := self.next_batch():
+            yield batch
