@@ -52,7 +52,10 @@ class Hypervisor:
         )
 
     def domids(self) -> list[int]:
-        return [int(i["domid"]) for i in self._xc.domain_getinfo(0, 65536)]
+        """The domains that are not dying. Xen can keep a dying domain for a while (until
+        dom0 drops its last mapping), but it never runs again, and xenstored fires
+        ``@releaseDomain`` once, when it first sees it dying: count it as gone then."""
+        return [int(i["domid"]) for i in self._xc.domain_getinfo(0, 65536) if not i["dying"]]
 
     def set_max_pages(self, domid: int, pages: int) -> None:
         try:
