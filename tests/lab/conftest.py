@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,55 @@ pytestmark = pytest.mark.lab
 
 GuestFactory = Callable[..., int]
 
+EMULATOR_RERUNS = 2
+"""Runs again of a lab test that an emulator fault (not the code under test) broke."""
+
+
+class EmulatorFault(Exception):
+    """QEMU's software SVM (nested virtualisation under TCG) triple-faulted an HVM guest.
+
+    It happens to a PVH guest now and then, idle or booting, more often when the host is
+    busy: Xen logs "dNvM Triple fault" and xl reboots the guest under a new domain id. A
+    lab test it hits is run again; PV guests (no SVM) are not affected, so tests use them
+    unless they are about PVH.
+    """
+
+
+def _triple_faulted() -> set[int]:
+    """Domain ids Xen's console ring reports a triple fault for."""
+    out = subprocess.run(["xl", "dmesg"], capture_output=True, text=True).stdout
+    return {int(d) for d in re.findall(r"\bd(\d+)v\d+ Triple fault", out)}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.flaky(reruns=EMULATOR_RERUNS,
+                                              only_rerun=["EmulatorFault"]))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    """Name an emulator fault as the cause of a failure it explains (domain ids only grow,
+    so a domain newly reported is one this test created)."""
+    before = _triple_faulted()
+    try:
+        return (yield)
+    except Exception as e:
+        if hit := sorted(_triple_faulted() - before):
+            raise EmulatorFault(f"the emulator triple-faulted domain(s) {hit} during the "
+                                f"test (xl dmesg); the failure was: {e}") from e
+        raise
+
 
 @pytest.fixture
 def make_guest(request: pytest.FixtureRequest) -> Iterator[GuestFactory]:
-    """Create real xl guests (PVH by default); every one is destroyed afterwards."""
+    """Create real xl guests (PV by default); every one is destroyed afterwards."""
     files = fetch.LabFiles.in_cache(fetch.DEFAULT_CACHE)
     created: list[str] = []
 
-    def make(name: str | None = None, *, kind: str = "pvh", memory_mb: int = 128) -> int:
+    def make(name: str | None = None, *, kind: str = "pv", memory_mb: int = 128) -> int:
         name = name or f"t{len(created)}-{request.node.name[:24]}".replace("[", "-").strip("]")
         name = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
         created.append(name)

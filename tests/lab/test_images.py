@@ -2,7 +2,7 @@
 
 Each guest is given extra pages the way the watcher leaves them: a granted decision
 record in xenstore, Xen's limit raised to base + granted, and (where the test needs
-the seed's failure) the pages populated as QEMU does.
+the seed's failure) the pages populated as QEMU does. The guests are PVH, as in the seed.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def test_stock_save_and_restore_fail_with_populated_extra_pages(
         make_guest: GuestFactory, scratch: Path) -> None:
     """The control: the seed's failure, unchanged."""
     name = "control"
-    domid = make_guest(name)
+    domid = make_guest(name, kind="pvh")
     grant(domid)
     image = scratch / "stock.img"
     xl("save", name, str(image))
@@ -118,7 +118,7 @@ def test_stock_save_and_restore_fail_with_populated_extra_pages(
 
 def test_save_and_restore_carry_the_grant(make_guest: GuestFactory, scratch: Path) -> None:
     name = "carry"
-    domid = make_guest(name)
+    domid = make_guest(name, kind="pvh")
     source_max = grant(domid)
     image = scratch / "guest.img"
     started = time.monotonic()
@@ -153,7 +153,7 @@ def test_save_and_restore_carry_the_grant(make_guest: GuestFactory, scratch: Pat
 
 def test_migrate_to_localhost_three_times_without_growth(make_guest: GuestFactory) -> None:
     name = "migrant"
-    domid = make_guest(name)
+    domid = make_guest(name, kind="pvh")
     source_max = grant(domid)
     seen = {domid}
     for _ in range(3):
@@ -192,7 +192,7 @@ def _reframed(extra: bytes, *, version: int | None = None, crc_delta: int = 0,
 def test_xsproto_images_are_stock_images_and_bad_images_are_refused(
         make_guest: GuestFactory, scratch: Path) -> None:
     name = "stockable"
-    domid = make_guest(name)
+    domid = make_guest(name, kind="pvh")
     grant(domid, populate=False)  # granted but unused: stock xl can restore it
     image = scratch / "guest.img"
     assert xsproto("save", name, str(image)).returncode == 0
@@ -233,7 +233,7 @@ def test_xsproto_images_are_stock_images_and_bad_images_are_refused(
 def test_images_without_a_record_restore_as_stock(make_guest: GuestFactory,
                                                   scratch: Path) -> None:
     name = "plain"
-    domid = make_guest(name)
+    domid = make_guest(name, kind="pvh")
     stock_max = Hypervisor().domain(domid).max_pages
     image = scratch / "stock.img"
     xl("save", name, str(image))
@@ -256,7 +256,7 @@ def test_through_the_watcher_and_a_device_model_request(
         make_guest: GuestFactory, scratch: Path, watcher: WatcherProcess) -> None:
     """End to end with the real agents: ask, populate, save, restore, ask again."""
     name = "negotiated"
-    domid = make_guest(name)
+    domid = make_guest(name, kind="pvh")
     base = Hypervisor().domain(domid).max_pages
     asked = xsproto("request", "--domid", str(domid), "--pages", str(EXTRA), "--json")
     assert asked.returncode == 0, asked.stderr
