@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    domid = guests.create("bench", kind="pvh", memory_mb=128,
+    domid = guests.create("bench", kind="pv", memory_mb=128,
                           files=fetch.LabFiles.in_cache(fetch.DEFAULT_CACHE))
     policy = Path(tempfile.mkdtemp()) / "policy.json"
     policy.write_text(json.dumps({"rate": {"burst": 1_000_000, "refill_seconds": 1}}))
