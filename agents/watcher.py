@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Literal, NamedTuple
 
@@ -56,6 +56,25 @@ class Work(NamedTuple):
         """Where it happens, for the logs."""
         return paths.request_dir(self.dm, self.domid) if self.kind == "request" \
             else f"@{self.kind}Domain"
+
+
+def works_in(batch: Iterable[tuple[str, str]]) -> list[Work]:
+    """What a batch of (path, token) events asks for, each thing once, in order; events
+    for the device models' other nodes ask for nothing."""
+    works: dict[Work, None] = {}
+    for path, token in batch:
+        if token == RELEASE_TOKEN:
+            works[Work("release")] = None
+        elif token == INTRODUCE_TOKEN:
+            works[Work("introduce")] = None
+        elif token == AREA_TOKEN:
+            try:
+                where = paths.parse(path)
+            except ProtocolError:
+                continue
+            if isinstance(where, paths.RequestPath):
+                works[Work("request", where.dm_domid, where.domid)] = None
+    return list(works)
 
 
 class Watcher:
@@ -124,21 +143,6 @@ class Watcher:
 
     # Events.
 
-    def work_for(self, path: str, token: str) -> Work | None:
-        """What an event asks for; None for the device models' other nodes."""
-        if token == RELEASE_TOKEN:
-            return Work("release")
-        if token == INTRODUCE_TOKEN:
-            return Work("introduce")
-        if token == AREA_TOKEN:
-            try:
-                where = paths.parse(path)
-            except ProtocolError:
-                return None
-            if isinstance(where, paths.RequestPath):
-                return Work("request", where.dm_domid, where.domid)
-        return None
-
     def do(self, work: Work) -> None:
         if work.kind == "release":
             self.collect_dead()
@@ -151,8 +155,7 @@ class Watcher:
         """Serve events; the events of one batch (a request's four keys, say) are served
         once per thing they ask for, in order of arrival."""
         for batch in self.xs.event_batches():
-            works = dict.fromkeys(w for p, t in batch if (w := self.work_for(p, t)))
-            for work in works:
+            for work in works_in(batch):
                 self._guarded(work.path, self.do, work)
 
     # Deciding.
