@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -36,12 +35,6 @@ class EmulatorFault(Exception):
     """
 
 
-def _triple_faulted() -> set[int]:
-    """Domain ids Xen's console ring reports a triple fault for."""
-    out = subprocess.run(["xl", "dmesg"], capture_output=True, text=True).stdout
-    return {int(d) for d in re.findall(r"\bd(\d+)v\d+ Triple fault", out)}
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
@@ -54,11 +47,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     """Name an emulator fault as the cause of a failure it explains (domain ids only grow,
     so a domain newly reported is one this test created)."""
-    before = _triple_faulted()
+    before = guests.triple_faulted()
     try:
         return (yield)
     except Exception as e:
-        if hit := sorted(_triple_faulted() - before):
+        if hit := sorted(guests.triple_faulted() - before):
             raise EmulatorFault(f"the emulator triple-faulted domain(s) {hit} during the "
                                 f"test (xl dmesg); the failure was: {e}") from e
         raise

@@ -105,3 +105,12 @@ def test_guest_config() -> None:
 def test_guest_config_rejects_bad_input(name: str, kind: str, memory: int) -> None:
     with pytest.raises(ValueError):
         guests.guest_config(name, kind=kind, memory_mb=memory, files=FILES)
+
+
+def test_triple_faults_are_read_from_xens_console() -> None:
+    dmesg = ("(XEN) d22v0 Triple fault - invoking HVM shutdown action 1\n"
+             "(XEN) *** Dumping Dom22 vcpu#0 state: ***\n"
+             "(XEN) CONTEXT: hvm guest (d14v0)\n"
+             "(XEN) d105v1 Triple fault - invoking HVM shutdown action 1\n")
+    assert guests.triple_faults_in(dmesg) == {22, 105}
+    assert guests.triple_faults_in("(XEN) Freed 656kB init memory\n") == set()

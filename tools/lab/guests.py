@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,21 @@ def create(name: str, *, kind: str, memory_mb: int, files: LabFiles) -> int:
 def domid_of(name: str) -> int:
     out = subprocess.run(["xl", "domid", name], check=True, capture_output=True, text=True)
     return int(out.stdout.strip())
+
+
+def triple_faults_in(dmesg: str) -> set[int]:
+    """Domain ids that Xen's console output reports a triple fault for."""
+    return {int(d) for d in re.findall(r"\bd(\d+)v\d+ Triple fault", dmesg)}
+
+
+def triple_faulted() -> set[int]:
+    """Domains that triple-faulted, by Xen's console ring (``xl dmesg``).
+
+    QEMU's software SVM (nested virtualisation under TCG) triple-faults a PVH guest now
+    and then; xl then reboots it under a new domain id. PV guests do not use SVM.
+    """
+    return triple_faults_in(subprocess.run(["xl", "dmesg"], capture_output=True,
+                                           text=True).stdout)
 
 
 def create_empty(count: int, memory_mb: int) -> list[int]:
