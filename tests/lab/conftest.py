@@ -21,7 +21,7 @@ pytestmark = pytest.mark.lab
 
 GuestFactory = Callable[..., int]
 
-EMULATOR_RERUNS = 2
+EMULATOR_RERUNS = 4
 """Runs again of a lab test that an emulator fault (not the code under test) broke."""
 
 
