@@ -36,6 +36,9 @@ def guest_config(name: str, *, kind: str, memory_mb: int, files: LabFiles) -> st
         f"memory = {memory_mb}",
         "vcpus = 1",
         'on_crash = "destroy"',
+        # A test guest never reboots by itself: a reboot is the emulator's triple fault.
+        # Restarting it would race the test's clean-up and bring back a stale namesake.
+        'on_reboot = "destroy"',
         "",
     ])
 
