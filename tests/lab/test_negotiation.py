@@ -1,6 +1,6 @@
 """The negotiation on the real hypervisor and the real xenstored (C and OCaml).
 
-A real PVH guest; the watcher runs as a real daemon; the device model is the agent (or
+Real guests (PV, and PVH where the seed needs it); the watcher runs as a real daemon; the device model is the agent (or
 raw xenstore writes, for hostile input) plus a libxenctrl populate, as QEMU does.
 """
 
