@@ -1,7 +1,8 @@
 """The negotiation on the real hypervisor and the real xenstored (C and OCaml).
 
-Real guests (PV, and PVH where the seed needs it); the watcher runs as a real daemon; the device model is the agent (or
-raw xenstore writes, for hostile input) plus a libxenctrl populate, as QEMU does.
+Real guests (PV, and PVH where the seed needs it); the watcher runs as a real daemon; the
+device model is the agent (or raw xenstore writes, for hostile input) plus a libxenctrl
+populate, as QEMU does.
 """
 
 from __future__ import annotations
