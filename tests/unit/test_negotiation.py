@@ -64,14 +64,13 @@ def run(
     )
 
 
+def record(state: DecisionState, pages: int, rid: int, base: int = BASE) -> DecisionRecord:
+    return DecisionRecord(state=state, request_id=rid, base_pages=base, granted_pages=pages,
+                          max_pages=base + pages)
+
+
 def granted(pages: int, rid: int = 1, base: int = BASE) -> DecisionRecord:
-    return DecisionRecord(
-        state=DecisionState.GRANTED,
-        request_id=rid,
-        base_pages=base,
-        granted_pages=pages,
-        max_pages=base + pages,
-    )
+    return record(DecisionState.GRANTED, pages, rid, base)
 
 
 def rejected_code(decision: Decision) -> RejectCode:
@@ -324,13 +323,7 @@ def test_rejection_reason_is_truncated_to_fit() -> None:
 
 
 def applying(pages: int, rid: int = 2) -> DecisionRecord:
-    return DecisionRecord(
-        state=DecisionState.APPLYING,
-        request_id=rid,
-        base_pages=BASE,
-        granted_pages=pages,
-        max_pages=BASE + pages,
-    )
+    return record(DecisionState.APPLYING, pages, rid)
 
 
 def test_recover_finishes_applying() -> None:
