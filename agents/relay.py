@@ -76,6 +76,8 @@ class _Tee:
 
     def __init__(self, src: Readable, dst: Writable, progress: Callable[[int], None]) -> None:
         self._src = src
+        self._readinto: Callable[[memoryview], int | None] | None = getattr(
+            src, "readinto", None)
         self._dst = dst
         self._progress = progress
         self.count = 0
@@ -89,7 +91,7 @@ class _Tee:
         return data
 
     def readinto(self, buffer: memoryview, /) -> int:
-        readinto = getattr(self._src, "readinto", None)
+        readinto = self._readinto
         if readinto is None:
             data = self._src.read(len(buffer))
             got = len(data)

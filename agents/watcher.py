@@ -102,7 +102,7 @@ class Watcher:
 
     def _watch_areas(self) -> None:
         """Watch dom0's device-model area and each stubdom device model's."""
-        wanted = {0} | {self.dm_domid_of(d) for d in self._xenstore_domids()}
+        wanted = {0} | {state.dm_domid_of(self.xs, d) for d in self._xenstore_domids()}
         for dm in sorted(wanted - self.areas):
             self.xs.watch(f"/local/domain/{dm}/device-model", AREA_TOKEN)
             self.areas.add(dm)
@@ -160,9 +160,6 @@ class Watcher:
 
     # Deciding.
 
-    def dm_domid_of(self, domid: int) -> int:
-        return state.dm_domid_of(self.xs, domid)
-
     def domain(self, domid: int) -> DomainInfo:
         info = self.hv.domain(domid)
         if not info.exists:
@@ -172,7 +169,7 @@ class Watcher:
 
     def handle(self, dm: int, domid: int) -> None:
         """Answer whatever stands in ``dm``'s request directory for ``domid``."""
-        expected = self.dm_domid_of(domid)
+        expected = state.dm_domid_of(self.xs, domid)
         where = paths.request_dir(dm, domid)
         if dm != expected:
             # Only D's own device model speaks for D; a record here would let any domain
@@ -197,7 +194,7 @@ class Watcher:
         current = self._record_or_none(domid)
         decision = negotiation.recover(current, self.domain(domid))
         if not isinstance(decision, Ignore):
-            self.carry_out(domid, self.dm_domid_of(domid), current, decision,
+            self.carry_out(domid, state.dm_domid_of(self.xs, domid), current, decision,
                            paths.decision_dir(domid), {})
 
     def _host(self, domid: int) -> HostInfo:
@@ -248,8 +245,7 @@ class Watcher:
         where = paths.decision_dir(domid)
 
         def txn(xs: Xenstore) -> bool:
-            nodes = xs.read_dir(where)
-            now = DecisionRecord.from_nodes(nodes, where=where) if nodes else None
+            nodes, now = state.decision_in(xs, domid)
             if now != expected:
                 return False
             if now is None:
@@ -286,7 +282,7 @@ class Watcher:
             self.xs.remove(parent)
 
     def forget(self, domid: int) -> None:
-        for dm in sorted(self.areas | {self.dm_domid_of(domid)}):
+        for dm in sorted(self.areas | {state.dm_domid_of(self.xs, domid)}):
             self._remove_request(dm, domid)
         self.xs.remove(paths.decision_dir(domid))
         self.granted.pop(domid, None)

@@ -13,14 +13,20 @@ from xsproto.values import parse_domid
 from xsproto.xenstore import Xenstore
 
 
+def decision_in(t: Xenstore, domid: int) -> tuple[dict[str, bytes], DecisionRecord | None]:
+    """The decision directory's raw nodes and the record they hold (None when empty), read
+    within the caller's transaction ``t``."""
+    where = paths.decision_dir(domid)
+    nodes = t.read_dir(where)
+    return nodes, DecisionRecord.from_nodes(nodes, where=where) if nodes else None
+
+
 def read_decision(xs: Xenstore, domid: int) -> DecisionRecord | None:
     """The recorded decision for ``domid``; None when there is none yet.
 
     Read in a transaction: the watcher rewrites the keys in one, and reads outside one
     could straddle its commit and see half of the old record and half of the new."""
-    where = paths.decision_dir(domid)
-    nodes = xs.transact(lambda t: t.read_dir(where))
-    return DecisionRecord.from_nodes(nodes, where=where) if nodes else None
+    return xs.transact(lambda t: decision_in(t, domid))[1]
 
 
 def read_request(xs: Xenstore, dm_domid: int, domid: int) -> tuple[dict[str, bytes], int]:
