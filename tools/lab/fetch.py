@@ -29,6 +29,7 @@ HOST_PACKAGES = {
     "qemu-system-x86": "/usr/bin/qemu-system-x86_64",
     "xen-utils-4.17": "/usr/lib/xen-4.17/bin/xl",
     "xenstore-utils": "/usr/bin/xenstore-read",
+    "kmod": "/usr/bin/kmod",  # depmod and modprobe resolve dom0's module order
 }
 #: Debian packages only unpacked into the cache: they are booted, not run on the host.
 HYPERVISOR_PACKAGE = "xen-hypervisor-4.17-amd64"
