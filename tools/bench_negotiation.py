@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.dm_agent import request_pages
 from tools.lab import fetch, guests
-from xsproto.xenstore import Xenstore
+from xsproto.adapters.xenstore import Xenstore
+from xsproto.agents.device_model import request_pages
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:

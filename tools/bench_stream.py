@@ -27,15 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents import relay
-from agents.grants import Grant
-from agents.save import filter_save
-from xsproto.stream import summarize, synthetic
+from xsproto.grant import Grant
+from xsproto.stream import relay, summarize, synthetic
 from xsproto.stream.reader import write_all
+from xsproto.stream.walk import read_head
 
 BATCH = 1024
 """Pages per PAGE_DATA record: libxc's MAX_BATCH_SIZE."""
-GRANT = Grant(domid=3, base_pages=262400, granted_pages=2048)
+GRANT = Grant(base_pages=262400, granted_pages=2048)
 
 
 def build_image(path: Path, size_mb: int) -> None:
@@ -57,9 +56,9 @@ def child(kind: str, image: str) -> None:
     with open(image, "rb") as src, open(os.devnull, "wb", buffering=0) as dst:
         started = time.monotonic()
         if kind == "save":
-            filter_save(src, dst, GRANT)
+            relay.add_grant(src, dst, GRANT, source_domid=3)
         else:
-            head = relay.read_head(src)
+            head = read_head(src)
             write_all(dst, head.raw)
             relay.relay_body(src, dst, offset=len(head.raw))
         print(json.dumps({"seconds": time.monotonic() - started}))

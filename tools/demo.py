@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.lab import devicemodel, fetch, guests
-from xsproto.hypervisor import Hypervisor
+from xsproto import paths
+from xsproto.adapters.hypervisor import Hypervisor
 
 XSPROTO = str(Path(sys.executable).with_name("xsproto"))
 PAGES = 2048
@@ -82,8 +83,8 @@ def main() -> int:
     print(f"  {limit(hv, NAME)}")
 
     say("The protocol's state in xenstore")
-    sh("xenstore-ls", "-p", f"/local/domain/0/device-model/{domid}")
-    sh("xenstore-ls", "-p", f"/libxl/{domid}")
+    sh("xenstore-ls", "-p", paths.device_model_guest_dir(0, domid))
+    sh("xenstore-ls", "-p", paths.decision_dir(domid))
 
     images = Path("/var/lib/xsproto-demo")
     images.mkdir(exist_ok=True)

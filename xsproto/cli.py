@@ -1,15 +1,201 @@
-"""The ``xsproto`` command: one subcommand per agent, errors as exit statuses."""
+"""The ``xsproto`` command (layer 4): parses arguments and calls one program (layer 3).
+
+Only the standard library is imported here; each subcommand imports its program when it
+runs, so ``--help`` and ``inspect-image`` never pay for xenstore or the hypervisor.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from agents import dm_agent, images, status, watcher
-from xsproto import logs
+from xsproto import __version__, logs
 from xsproto.errors import XsprotoError
 from xsproto.exitcodes import Exit
+from xsproto.negotiation import DEFAULT_TIMEOUT
+
+RECEIVE_FLAGS = {"-e": "do not wait in the background for the domain's death",
+                 "-p": "leave the domain paused", "-d": "debug (verification pass)"}
+
+Run = Callable[[argparse.Namespace], int]
+
+
+def _pages(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a page count: {text!r}")
+    return int(text)
+
+
+def _domid(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a domain id: {text!r}")
+    return int(text)
+
+
+# Each runner imports its program only when the subcommand runs.
+
+def _watcher(a: argparse.Namespace) -> int:
+    from xsproto.agents import watcher
+    return watcher.run(a.policy, xenstore=a.xenstore)
+
+
+def _request(a: argparse.Namespace) -> int:
+    from xsproto.agents import device_model
+    return device_model.run_request(a.domid, a.pages, a.reason, timeout=a.timeout,
+                                    dm_domid=a.dm_domid, as_json=a.json, xenstore=a.xenstore)
+
+
+def _withdraw(a: argparse.Namespace) -> int:
+    from xsproto.agents import device_model
+    return device_model.run_request(a.domid, 0, "withdraw", timeout=a.timeout,
+                                    dm_domid=a.dm_domid, as_json=a.json, xenstore=a.xenstore)
+
+
+def _status(a: argparse.Namespace) -> int:
+    from xsproto.agents import status
+    return status.run(a.domid, as_json=a.json, xenstore=a.xenstore)
+
+
+def _save(a: argparse.Namespace) -> int:
+    from xsproto.agents import save
+    return save.run(a.domain, a.file, a.xl_options, xenstore=a.xenstore)
+
+
+def _restore(a: argparse.Namespace) -> int:
+    from xsproto.agents import restore
+    return restore.run_restore(a.file, a.xl_options, xenstore=a.xenstore)
+
+
+def _receive(a: argparse.Namespace) -> int:
+    from xsproto.agents import restore
+    flags = [flag for flag in RECEIVE_FLAGS if getattr(a, f"xl{flag}")]
+    return restore.run_receive(flags, xenstore=a.xenstore)
+
+
+def _migrate(a: argparse.Namespace) -> int:
+    from xsproto.agents import migrate
+    options = migrate.XlMigrateOptions(config=a.config, no_daemon=a.no_daemon,
+                                       paused=a.paused, debug=a.debug)
+    return migrate.run_migrate(a.domain, a.host, a.ssh, options, xenstore=a.xenstore)
+
+
+def _send(a: argparse.Namespace) -> int:
+    from xsproto.agents import migrate
+    from xsproto.grant import Grant
+    try:
+        grant = Grant.parse(a.grant) if a.grant else None
+    except ValueError as e:
+        raise XsprotoError(f"migrate-send --grant: {e}") from e
+    return migrate.run_send(a.source_domid, grant, a.receiver)
+
+
+def _inspect(a: argparse.Namespace) -> int:
+    from xsproto.agents import inspect_image
+    return inspect_image.run(a.file, as_json=a.json)
+
+
+def _add_negotiation(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("watcher", help="the toolstack daemon: answer device models' requests",
+                       description="Watch device models' requests for extra pages, decide "
+                                   "by policy, raise max_pages in Xen and record the "
+                                   "decision. Runs in the foreground; one log line a decision.")
+    p.add_argument("--policy", metavar="FILE",
+                   help="policy file (JSON or TOML); default: the safe built-in policy")
+    p.set_defaults(run=_watcher)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--domid", type=_domid, required=True, help="the guest's domain id")
+    common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                        help="seconds to wait for the decision (default: %(default)s)")
+    common.add_argument("--dm-domid", type=_domid, default=None, metavar="M",
+                        help="the device model's domain (default: the one this runs in)")
+    common.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p = sub.add_parser("request", parents=[common],
+                       help="ask, as the device model of a domain, for extra pages",
+                       description="Publish 'domain D needs N extra pages in total' and "
+                                   "wait for the toolstack's decision. Exit 0 granted (the "
+                                   "new limit is printed), 3 rejected, 4 timeout.")
+    p.add_argument("--pages", type=_pages, required=True, help="extra pages needed, in total")
+    p.add_argument("--reason", default="", help="why (printable ASCII, up to 128 bytes)")
+    p.set_defaults(run=_request)
+    p = sub.add_parser("withdraw", parents=[common], help="give a domain's extra pages back",
+                       description="Ask for 0 extra pages: the limit drops as far as the "
+                                   "domain's current pages allow.")
+    p.set_defaults(run=_withdraw)
+
+    p = sub.add_parser("status", help="per domain: request, decision and Xen's limit",
+                       description="Show each domain's request, the recorded decision and "
+                                   "Xen's live limit. Exit 1 when they disagree.")
+    p.add_argument("--domid", type=_domid, default=None, help="only this domain")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_status)
+
+
+def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "save", help="xl save, carrying the domain's negotiated pages in the image",
+        description="Run stock 'xl save' through a pipe, add the domain's negotiated pages "
+                    "to the image's xl header, and write FILE atomically.")
+    p.add_argument("domain", help="domain name or id")
+    p.add_argument("file", type=Path, help="image to write (replaced only on success)")
+    p.add_argument("xl_options", nargs=argparse.REMAINDER, metavar="XL_SAVE_OPTIONS",
+                   help="passed to xl save (e.g. -c, -p, -D, or a config file)")
+    p.set_defaults(run=_save)
+
+    p = sub.add_parser(
+        "restore", help="xl restore, applying the image's negotiated pages in time",
+        description="Feed FILE to stock 'xl restore', raising the new domain's limit by the "
+                    "negotiated pages before the memory stream starts.")
+    p.add_argument("file", type=Path, help="image written by xl save or xsproto save")
+    p.add_argument("xl_options", nargs=argparse.REMAINDER, metavar="XL_RESTORE_OPTIONS",
+                   help="flags passed to xl restore (e.g. -p, -e, -d)")
+    p.set_defaults(run=_restore)
+
+    p = sub.add_parser(
+        "migrate", help="xl migrate, carrying the domain's negotiated pages",
+        description="Live-migrate DOMAIN with stock 'xl migrate' through a transport that "
+                    "adds the negotiated pages on this side and applies them on HOST "
+                    "(which runs 'xsproto migrate-receive').")
+    p.add_argument("-s", "--ssh", default="ssh", metavar="SSHCMD",
+                   help='remote shell (default: ssh); as with xl, -s "" makes HOST the '
+                        "receiving command itself, e.g. 'xsproto migrate-receive'")
+    p.add_argument("-C", dest="config", metavar="CONFIG",
+                   help="send this domain config instead of the running one (xl's -C)")
+    p.add_argument("-e", dest="no_daemon", action="store_true",
+                   help="do not wait in the background on HOST for the domain's death")
+    p.add_argument("-p", dest="paused", action="store_true",
+                   help="leave the domain paused on HOST after migration")
+    p.add_argument("--debug", action="store_true", help="xl's verification pass")
+    p.add_argument("domain", help="domain name or id")
+    p.add_argument("host", help="destination host (or receiving command, with -s \"\")")
+    p.set_defaults(run=_migrate)
+
+    p = sub.add_parser("migrate-send", help="(run by xsproto migrate) the sending transport",
+                       description="Relay xl migrate's stream (stdin) to RECEIVER, adding "
+                                   "the grant to its xl header.")
+    p.add_argument("--source-domid", type=_domid, required=True)
+    p.add_argument("--grant", metavar="BASE+GRANTED", default=None,
+                   help="the domain's grant in pages (none: the stream passes unchanged)")
+    p.add_argument("receiver", help="shell command of the receiving end")
+    p.set_defaults(run=_send)
+
+    p = sub.add_parser(
+        "migrate-receive", help="receiving end of xsproto migrate (reads stdin)",
+        description="Run stock 'xl migrate-receive', applying the stream's negotiated pages "
+                    "in time; xl's replies go to stdout untouched.")
+    for flag, what in RECEIVE_FLAGS.items():
+        p.add_argument(flag, dest=f"xl{flag}", action="store_true", help=f"xl's {flag}: {what}")
+    p.set_defaults(run=_receive)
+
+    p = sub.add_parser("inspect-image", help="show an image's header, record and records",
+                       description="Show the xl header, the domain config summary, the "
+                                   "xsproto record and every libxl/libxc record with its "
+                                   "size, without keeping page data in memory.")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(run=_inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,28 +203,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="xsproto",
         description="Negotiate a device model's extra guest pages through xenstore.",
         epilog="Exit status: 0 ok, 1 error, 2 usage, 3 rejected, 4 timeout.")
+    parser.add_argument("--version", action="version", version=f"xsproto {__version__}")
     parser.add_argument("--xenstore", metavar="PATH", default=None,
                         help="xenstored's socket, or /dev/xen/xenbus (default: pyxs's choice)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for agent in (watcher, dm_agent, images, status):
-        agent.register(sub)
+    _add_negotiation(sub)
+    _add_images(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
+    run: Run = args.run
     try:
-        status: int = args.run(args)
+        return run(args)
     except XsprotoError as e:
         print(f"xsproto: {e}", file=sys.stderr)
         return Exit.ERROR
     except KeyboardInterrupt:
         return 130
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

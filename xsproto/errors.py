@@ -57,6 +57,3 @@ class ImageError(XsprotoError):
         self.offset = offset
         super().__init__(f"at byte {offset}: {message}" if offset is not None else message)
 
-
-class LabError(XsprotoError):
-    """The real-Xen lab could not be prepared, booted or driven."""

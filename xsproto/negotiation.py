@@ -19,7 +19,6 @@ from xsproto.policy import Policy, RateLimiter
 from xsproto.records import (
     DecisionRecord,
     DecisionState,
-    Origin,
     RejectCode,
     Request,
     UnsupportedVersion,
@@ -211,7 +210,7 @@ def finish(record: DecisionRecord) -> DecisionRecord:
     """The granted record to write once Xen's limit is set."""
     if record.state is not DecisionState.APPLYING:
         raise ValueError(f"cannot finish a {record.state} record")
-    return record.model_copy(update={"state": DecisionState.GRANTED})
+    return replace(record, state=DecisionState.GRANTED)
 
 
 def recover(current: DecisionRecord | None, domain: DomainInfo) -> Decision:
@@ -223,18 +222,6 @@ def recover(current: DecisionRecord | None, domain: DomainInfo) -> Decision:
     if domain.dying:
         return Reject(RejectCode.DYING, f"domain {domain.domid} is dying", None)
     return Apply(current, current.max_pages)
-
-
-def restored(base_pages: int, granted_pages: int) -> DecisionRecord:
-    """The record republished after a restore: pages carried in the image, not asked."""
-    return DecisionRecord(
-        state=DecisionState.GRANTED,
-        origin=Origin.RESTORE,
-        request_id=0,
-        base_pages=base_pages,
-        granted_pages=granted_pages,
-        max_pages=base_pages + granted_pages,
-    )
 
 
 class DmState(StrEnum):

@@ -12,8 +12,14 @@ from typing import Final
 from xsproto.errors import ProtocolError
 from xsproto.values import DOMID_MAX, parse_domid
 
+DOMAINS_ROOT: Final = "/local/domain"
 DECISION_ROOT: Final = "/libxl"
+DEVICE_MODEL: Final = "device-model"
 LEAF: Final = "extra-pages"
+OWN_DOMID: Final = "domid"
+"""Relative: a connection's own domain id, as xenstored resolves relative paths."""
+RELEASE_DOMAIN: Final = "@releaseDomain"
+INTRODUCE_DOMAIN: Final = "@introduceDomain"
 PATH_MAX_BYTES: Final = 3072
 """xenstored's XENSTORE_ABS_PATH_MAX."""
 
@@ -48,9 +54,30 @@ def _check_domid(domid: int) -> int:
     return domid
 
 
+def domain_dir(domid: int) -> str:
+    """A domain's home in xenstore; it exists from creation until its death."""
+    return f"{DOMAINS_ROOT}/{_check_domid(domid)}"
+
+
+def domain_name_path(domid: int) -> str:
+    """Written by libxl: the name xl knows the domain by (policy overrides use it)."""
+    return f"{domain_dir(domid)}/name"
+
+
+def device_model_area(dm_domid: int) -> str:
+    """Device model ``dm_domid``'s own area: one directory per guest it serves."""
+    return f"{domain_dir(dm_domid)}/{DEVICE_MODEL}"
+
+
+def device_model_guest_dir(dm_domid: int, domid: int) -> str:
+    """Device model ``dm_domid``'s directory for guest ``domid`` (QEMU's own keys live
+    there too; without a QEMU, as for PVH, the request creates it)."""
+    return f"{device_model_area(dm_domid)}/{_check_domid(domid)}"
+
+
 def request_dir(dm_domid: int, domid: int) -> str:
     """Where device model ``dm_domid`` asks for extra pages for guest ``domid``."""
-    return f"/local/domain/{_check_domid(dm_domid)}/device-model/{_check_domid(domid)}/{LEAF}"
+    return f"{device_model_guest_dir(dm_domid, domid)}/{LEAF}"
 
 
 def decision_dir(domid: int) -> str:
@@ -60,7 +87,7 @@ def decision_dir(domid: int) -> str:
 
 def dm_domid_path(domid: int) -> str:
     """Written by libxl for a stubdom device model; absent means dom0 runs it."""
-    return f"/local/domain/{_check_domid(domid)}/image/device-model-domid"
+    return f"{domain_dir(domid)}/image/device-model-domid"
 
 
 def decision_permissions(dm_domid: int) -> tuple[str, ...]:
@@ -90,14 +117,18 @@ def parse(path: str | bytes) -> RequestPath | DecisionPath:
         path = path.decode("ascii")
     if len(path) > PATH_MAX_BYTES:
         raise ProtocolError("path too long", path=path[:64] + "...")
-    parts = path.split("/")
-    match parts:
-        case ["", "local", "domain", m, "device-model", d, "extra-pages", *rest]:
+    match _below(path, DOMAINS_ROOT), _below(path, DECISION_ROOT):
+        case [m, area, d, leaf, *rest], _ if (area, leaf) == (DEVICE_MODEL, LEAF):
             key = _key(rest, REQUEST_KEYS, path)
             return RequestPath(_domid(m, path), _domid(d, path), key)
-        case ["", "libxl", d, "extra-pages", *rest]:
+        case _, [d, leaf, *rest] if leaf == LEAF:
             return DecisionPath(_domid(d, path), _key(rest, DECISION_KEYS, path))
     raise ProtocolError("not an xsproto path", path=path)
+
+
+def _below(path: str, root: str) -> list[str]:
+    """The parts of ``path`` below ``root``; empty when it is not below it."""
+    return path[len(root) + 1:].split("/") if path.startswith(root + "/") else []
 
 
 def _domid(part: str, path: str) -> int:

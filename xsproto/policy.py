@@ -8,38 +8,44 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
+from xsproto import fields
 from xsproto.errors import XsprotoError
+from xsproto.fields import FieldError, Int, Model, Nullable, Number, Table, Text
 from xsproto.values import PAGES_MAX
 
-_CONFIG: Final = ConfigDict(strict=True, frozen=True, extra="forbid")
-PageCount = Annotated[int, Field(ge=0, le=PAGES_MAX)]
-DomidKey = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,4})$")]
+_PAGES: Final = Int(0, PAGES_MAX)
+PageCount = Annotated[int, _PAGES]
+_DOMID_KEY: Final = Text(pattern=r"^(0|[1-9][0-9]{0,4})$")
 
 
 class PolicyError(XsprotoError):
     """The policy file is unreadable or invalid; the message names the file and field."""
 
 
-class RateLimit(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class RateLimit:
     """A token bucket: ``burst`` requests at once, then one per ``refill_seconds``."""
 
-    model_config = _CONFIG
+    burst: Annotated[int, Int(1, 1_000_000)] = 5
+    refill_seconds: Annotated[float, Number(gt=0, le=86_400)] = 10.0
 
-    burst: Annotated[int, Field(ge=1, le=1_000_000)] = 5
-    refill_seconds: Annotated[float, Field(gt=0, le=86_400)] = 10.0
+    def __post_init__(self) -> None:
+        fields.check(self)
 
 
-class DomainOverride(BaseModel):
-    model_config = _CONFIG
+@dataclass(frozen=True, kw_only=True)
+class DomainOverride:
+    """Limits for one domain; a field left out keeps the policy's default."""
 
-    cap_pages: PageCount | None = None
-    rate: RateLimit | None = None
+    cap_pages: Annotated[int | None, Nullable(_PAGES)] = None
+    rate: Annotated[RateLimit | None, Nullable(Model(RateLimit))] = None
+
+    def __post_init__(self) -> None:
+        fields.check(self)
 
 
 @dataclass(frozen=True)
@@ -50,19 +56,23 @@ class Limits:
     rate: RateLimit
 
 
-class Policy(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Policy:
     """Limits in pages of 4 KiB. Overrides by domid win over overrides by name."""
-
-    model_config = _CONFIG
 
     domain_cap_pages: PageCount = 8192
     host_budget_pages: PageCount = 262144
     free_reserve_pages: PageCount = 16384
-    rate: RateLimit = RateLimit()
+    rate: Annotated[RateLimit, Model(RateLimit)] = RateLimit()
     by_domid: Annotated[
-        dict[DomidKey, DomainOverride], Field(json_schema_extra={"additionalProperties": False})
-    ] = {}
-    by_name: dict[str, DomainOverride] = {}
+        dict[str, DomainOverride], Table(Model(DomainOverride), keys=_DOMID_KEY)
+    ] = field(default_factory=dict)
+    by_name: Annotated[dict[str, DomainOverride], Table(Model(DomainOverride))] = field(
+        default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        fields.check(self)
 
     def limits_for(self, domid: int, name: str | None = None) -> Limits:
         override = self.by_domid.get(str(domid))
@@ -82,13 +92,9 @@ class Policy(BaseModel):
         except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
             raise PolicyError(f"{source}: not valid {'TOML' if toml else 'JSON'}: {err}") from None
         try:
-            return cls.model_validate(raw)
-        except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
-                for e in err.errors()
-            )
-            raise PolicyError(f"{source}: {problems}") from None
+            return fields.load(cls, raw)
+        except FieldError as err:
+            raise PolicyError(f"{source}: {err}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:

@@ -1,20 +1,22 @@
-"""The protocol's xenstore records as pydantic models.
+"""The protocol's xenstore records as frozen dataclasses.
 
 ``from_nodes`` takes a directory's children (key -> raw bytes) and parses each value
-strictly with xsproto.values before pydantic sees it, so pydantic only ever checks
-cross-field invariants. ``to_nodes`` gives the inverse, in write order.
+strictly with xsproto.values before construction, so construction only ever refuses
+cross-field invariants. ``to_nodes`` gives the inverse, in write order. The fields'
+rules (xsproto.fields) also give the records' JSON form and published schemas.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Final, Literal, Self, TypeVar
+from typing import Annotated, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from xsproto import paths
+from xsproto import fields, paths
 from xsproto.errors import ProtocolError
+from xsproto.fields import Choice, Const, Int, Key, Text
+from xsproto.grant import Grant
 from xsproto.values import (
     DECISION_REASON_MAX_BYTES,
     PAGES_MAX,
@@ -63,12 +65,12 @@ class UnsupportedVersion(ProtocolError):
     """The record is of another protocol version (rejection code bad-version)."""
 
 
-Pages = Annotated[int, Field(ge=0, le=PAGES_MAX)]
-_PRINTABLE = r"^[\x20-\x7e]*$"
-_CONFIG = ConfigDict(strict=True, frozen=True, extra="forbid", populate_by_name=True)
+Version = Annotated[Literal[1], Const(PROTOCOL_VERSION)]
+Pages = Annotated[int, Int(0, PAGES_MAX)]
+_PRINTABLE: Final = r"^[\x20-\x7e]*$"
+"""Printable ASCII, the grammar of xsproto.values.parse_text."""
 
 T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
 
 
 def _read(nodes: Mapping[str, bytes], where: str, key: str, parse: Callable[..., T]) -> T:
@@ -88,34 +90,36 @@ def _check_version(nodes: Mapping[str, bytes], where: str) -> None:
         )
 
 
-def _validate(model: type[M], fields: dict[str, object], where: str) -> M:
+def _build(record: Callable[..., T], values: dict[str, object], where: str) -> T:
+    """Construct from parsed values; only a cross-field invariant can fail here."""
     try:
-        return model.model_validate(fields)
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise ProtocolError(f"inconsistent record: {first['msg']}", path=where) from None
+        return record(**values)
+    except ValueError as err:
+        raise ProtocolError(f"inconsistent record: {err}", path=where) from None
 
 
-class Request(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Request:
     """A device model's declarative ask: D should have ``pages`` extra pages in total."""
 
-    model_config = _CONFIG
-
-    version: Literal[1] = PROTOCOL_VERSION
+    version: Version = PROTOCOL_VERSION
     pages: Pages
-    reason: Annotated[str, Field(max_length=REASON_MAX_BYTES, pattern=_PRINTABLE)] = ""
-    request_id: Annotated[int, Field(alias="request-id", ge=1, le=REQUEST_ID_MAX)]
+    reason: Annotated[str, Text(max_length=REASON_MAX_BYTES, pattern=_PRINTABLE)] = ""
+    request_id: Annotated[int, Int(1, REQUEST_ID_MAX), Key(paths.REQUEST_ID)]
+
+    def __post_init__(self) -> None:
+        fields.check(self)
 
     @classmethod
     def from_nodes(cls, nodes: Mapping[str, bytes], *, where: str = "") -> Request:
         """Parse a request directory; unknown keys are ignored (compatible extensions)."""
         _check_version(nodes, where)
-        fields: dict[str, object] = {
+        values: dict[str, object] = {
             "pages": _read(nodes, where, paths.PAGES, parse_pages),
             "reason": _read(nodes, where, paths.REASON, parse_text),
             "request_id": _read(nodes, where, paths.REQUEST_ID, parse_request_id),
         }
-        return _validate(cls, fields, where)
+        return _build(cls, values, where)
 
     def to_nodes(self) -> dict[str, bytes]:
         """Children to write, request-id last (it is what the watcher acts on)."""
@@ -127,24 +131,23 @@ class Request(BaseModel):
         }
 
 
-class DecisionRecord(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class DecisionRecord:
     """The toolstack's answer and the state it must be able to recover from."""
 
-    model_config = _CONFIG
+    version: Version = PROTOCOL_VERSION
+    state: Annotated[DecisionState, Choice(DecisionState)]
+    origin: Annotated[Origin, Choice(Origin)] = Origin.REQUEST
+    request_id: Annotated[int, Int(0, REQUEST_ID_MAX), Key(paths.REQUEST_ID)]
+    base_pages: Annotated[Pages, Key(paths.BASE_PAGES)]
+    granted_pages: Annotated[Pages, Key(paths.GRANTED_PAGES)]
+    max_pages: Annotated[Pages, Key(paths.MAX_PAGES)]
+    reason: Annotated[str, Text(max_length=DECISION_REASON_MAX_BYTES, pattern=_PRINTABLE)] = ""
 
-    version: Literal[1] = PROTOCOL_VERSION
-    state: DecisionState
-    origin: Origin = Origin.REQUEST
-    request_id: Annotated[int, Field(alias="request-id", ge=0, le=REQUEST_ID_MAX)]
-    base_pages: Annotated[int, Field(alias="base-pages", ge=0, le=PAGES_MAX)]
-    granted_pages: Annotated[int, Field(alias="granted-pages", ge=0, le=PAGES_MAX)]
-    max_pages: Annotated[int, Field(alias="max-pages", ge=0, le=PAGES_MAX)]
-    reason: Annotated[str, Field(max_length=DECISION_REASON_MAX_BYTES, pattern=_PRINTABLE)] = ""
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
+    def __post_init__(self) -> None:
+        fields.check(self)
         if self.state is not DecisionState.REJECTED:
-            if self.base_pages + self.granted_pages != self.max_pages:
+            if self.grant.max_pages != self.max_pages:
                 raise ValueError("max-pages must equal base-pages + granted-pages")
             if self.reason:
                 raise ValueError(f"reason must be empty when state is {self.state}")
@@ -154,7 +157,12 @@ class DecisionRecord(BaseModel):
             self.request_id != 0 or self.state is not DecisionState.GRANTED
         ):
             raise ValueError("a restore origin needs request-id 0 and state granted")
-        return self
+
+    @property
+    def grant(self) -> Grant:
+        """The pages in force (a rejection keeps the last grant; its max-pages is Xen's
+        limit when it was written)."""
+        return Grant(self.base_pages, self.granted_pages)
 
     @property
     def rejection(self) -> tuple[RejectCode, str] | None:
@@ -180,7 +188,7 @@ class DecisionRecord(BaseModel):
         def choice(kind: type[StrEnum]) -> Callable[..., StrEnum]:
             return lambda raw, *, path: parse_choice(raw, kind, path=path)
 
-        fields: dict[str, object] = {
+        values: dict[str, object] = {
             "state": _read(nodes, where, paths.STATE, choice(DecisionState)),
             "origin": _read(nodes, where, paths.ORIGIN, choice(Origin)),
             "request_id": _read(nodes, where, paths.REQUEST_ID, request_id),
@@ -189,7 +197,7 @@ class DecisionRecord(BaseModel):
             "max_pages": _read(nodes, where, paths.MAX_PAGES, parse_pages),
             "reason": _read(nodes, where, paths.REASON, text),
         }
-        return _validate(cls, fields, where)
+        return _build(cls, values, where)
 
     def to_nodes(self) -> dict[str, bytes]:
         return {

@@ -1,8 +1,8 @@
-"""JSON Schemas of the protocol's records, generated from the pydantic models.
+"""JSON Schemas of the protocol's records, generated from their dataclasses' field rules.
 
 The schemas describe each record in its JSON form (numbers as integers, keys as in
 xenstore). ``python -m xsproto.schemas`` rewrites schemas/; ``--check`` lists the files
-that differ from the models and exits 1. To add a schema, append one entry to
+that differ from the records and exits 1. To add a schema, append one entry to
 SCHEMA_MODELS.
 """
 
@@ -12,14 +12,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
-
+from xsproto import fields
 from xsproto.policy import Policy
 from xsproto.records import DecisionRecord, Request
 from xsproto.stream.image_record import ImageRecord
 
-SCHEMA_MODELS: list[tuple[str, type[BaseModel]]] = [
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+SCHEMA_MODELS: list[tuple[str, type[DataclassInstance]]] = [
     ("request", Request),
     ("decision", DecisionRecord),
     ("policy", Policy),
@@ -34,17 +37,17 @@ def filename(name: str) -> str:
     return f"{name}.schema.json"
 
 
-def render(models: list[tuple[str, type[BaseModel]]] = SCHEMA_MODELS) -> dict[str, str]:
+def render(models: list[tuple[str, type[DataclassInstance]]] = SCHEMA_MODELS) -> dict[str, str]:
     """File name -> schema text, deterministic so that files can be compared byte for byte."""
     out = {}
     for name, model in models:
-        schema = {"$schema": _DIALECT, **model.model_json_schema(by_alias=True)}
+        schema = {"$schema": _DIALECT, **fields.schema(model)}
         out[filename(name)] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return out
 
 
 def drifted(directory: Path = SCHEMA_DIR) -> list[str]:
-    """Schema files missing from ``directory`` or differing from the models."""
+    """Schema files missing from ``directory`` or differing from the records."""
     stale = []
     for name, text in render().items():
         path = directory / name

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from tools.lab import fetch, guests
-from xsproto.hypervisor import Hypervisor
-from xsproto.xenstore import Xenstore
+from xsproto.adapters.hypervisor import Hypervisor
+from xsproto.adapters.xenstore import Xenstore
 
 pytestmark = pytest.mark.lab
 

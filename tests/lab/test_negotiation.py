@@ -15,22 +15,22 @@ from collections.abc import Callable
 
 import pytest
 
-from agents import dm_agent
-from agents.watcher import CRASH_AT_ENV
 from tests.lab.conftest import XSPROTO, GuestFactory, WatcherProcess
 from tools.lab.devicemodel import PopulateError, populate
 from xsproto import paths
+from xsproto.adapters.hypervisor import Hypervisor
+from xsproto.adapters.xenstore import Xenstore
+from xsproto.adapters.xenstore_records import read_decision
+from xsproto.agents import device_model
+from xsproto.agents.watcher import CRASH_AT_ENV
 from xsproto.errors import RequestRejected
-from xsproto.hypervisor import Hypervisor
 from xsproto.records import DecisionRecord, DecisionState, RejectCode
-from xsproto.state import read_decision
-from xsproto.xenstore import Xenstore
 
 pytestmark = pytest.mark.lab
 
 N = 2048
 #: The emulated lab is slow and noisy: wait long, assert nothing about time.
-request_pages = functools.partial(dm_agent.request_pages, timeout=180)
+request_pages = functools.partial(device_model.request_pages, timeout=180)
 
 
 def wait_record(xs: Xenstore, domid: int, ok: Callable[[DecisionRecord | None], bool],

@@ -11,18 +11,18 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from agents import dm_agent
 from tests.lab.conftest import WatcherProcess
 from tools.lab import guests
 from xsproto import paths
-from xsproto.hypervisor import Hypervisor
-from xsproto.xenstore import Xenstore
+from xsproto.adapters.hypervisor import Hypervisor
+from xsproto.adapters.xenstore import Xenstore
+from xsproto.agents import device_model
 
 pytestmark = pytest.mark.lab
 
 COUNT = 200
 MEMORY_MB = 16
-request_pages = functools.partial(dm_agent.request_pages, timeout=180)
+request_pages = functools.partial(device_model.request_pages, timeout=180)
 
 
 @pytest.fixture

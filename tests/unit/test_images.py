@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import threading
@@ -10,14 +9,19 @@ from typing import Any
 
 import pytest
 
-from agents import grants, inspect, migrate, relay, restore, save, xl
+from xsproto import carrying
+from xsproto.adapters import xl
+from xsproto.agents import inspect_image, migrate, restore, save
 from xsproto.errors import HypervisorError, ImageError, ProtocolError
+from xsproto.grant import Grant
 from xsproto.negotiation import DomainInfo
 from xsproto.records import DecisionRecord, DecisionState
-from xsproto.stream import find_record, read_header, summarize, synthetic
+from xsproto.stream import find_record, read_header, relay, summarize, synthetic
+from xsproto.stream.image_record import record_for_config
+from xsproto.stream.walk import read_head
 
-GRANT = grants.Grant(domid=3, base_pages=33024, granted_pages=2048)
-RECORD = GRANT.image_record(synthetic.domain_config())
+GRANT = Grant(base_pages=33024, granted_pages=2048)
+RECORD = record_for_config(synthetic.domain_config(), source_domid=3, grant=GRANT)
 
 
 class Sink(io.RawIOBase):
@@ -52,7 +56,7 @@ def test_relay_passes_the_body_byte_for_byte_and_then_the_trailing_handshake(
         source: Any) -> None:
     image = synthetic.build_image(image_record=RECORD, page_batches=(3, 2))
     src = source(image + b"GO")
-    head = relay.read_head(src)
+    head = read_head(src)
     assert head.record == RECORD and head.name == "guest"
     sink = Sink()
     done = relay.relay_body(src, sink, offset=len(head.raw))
@@ -65,7 +69,7 @@ def test_relay_names_the_offset_of_a_truncation(cut: int) -> None:
     image = synthetic.build_image()
     src = io.BytesIO(image[:cut])
     with pytest.raises(ImageError, match="truncated") as err:
-        head = relay.read_head(src)
+        head = read_head(src)
         relay.relay_body(src, Sink(), offset=len(head.raw))
     assert err.value.offset is not None and 0 <= err.value.offset < len(image)
 
@@ -74,7 +78,7 @@ def test_relay_refuses_a_legacy_stream() -> None:
     header = synthetic.xl_header()
     legacy = header.to_bytes()[:36] + (1).to_bytes(4, "little") + header.to_bytes()[40:]
     with pytest.raises(ImageError, match="legacy") as err:
-        relay.read_head(io.BytesIO(legacy))
+        read_head(io.BytesIO(legacy))
     assert err.value.offset == 36
 
 
@@ -101,7 +105,7 @@ def test_relay_forwards_the_go_message_without_waiting_for_eof() -> None:
     thread = threading.Thread(target=sender)
     thread.start()
     with open(r, "rb") as src:
-        head = relay.read_head(src)
+        head = read_head(src)
         relay.relay_body(src, sink, offset=len(head.raw))
     thread.join()
     assert got_go.is_set()
@@ -112,7 +116,7 @@ def test_relay_forwards_the_go_message_without_waiting_for_eof() -> None:
 def test_save_filter_adds_the_record_and_keeps_the_image_valid() -> None:
     image = synthetic.build_image(foreign=b"someone's data")
     out = Sink()
-    size = save.filter_save(io.BytesIO(image), out, GRANT)
+    size = relay.add_grant(io.BytesIO(image), out, GRANT, source_domid=3)
     assert size == len(out.data)
     summary = summarize(io.BytesIO(bytes(out.data)))
     assert summary.record == RECORD
@@ -124,7 +128,7 @@ def test_save_filter_adds_the_record_and_keeps_the_image_valid() -> None:
 def test_save_filter_without_a_grant_is_a_copy() -> None:
     image = synthetic.build_image()
     out = Sink()
-    save.filter_save(io.BytesIO(image), out, None)
+    relay.add_grant(io.BytesIO(image), out, None, source_domid=3)
     assert bytes(out.data) == image
 
 
@@ -150,48 +154,48 @@ class FakeXl:
         return None
 
 
+def _restoring(verb: str, incoming: bool) -> tuple[restore.Restoring, FakeXl]:
+    proc = FakeXl()
+    return restore.Restoring(proc, restore.Receiver(verb, [], incoming=incoming),  # type: ignore[arg-type]
+                             None, None, set()), proc  # type: ignore[arg-type]
+
+
 def test_restore_holds_the_stream_until_the_grant_is_applied(
         monkeypatch: pytest.MonkeyPatch) -> None:
     image = synthetic.build_image(image_record=RECORD)
-    head = relay.read_head(io.BytesIO(image))
-    proc = FakeXl()
+    head = read_head(io.BytesIO(image))
+    restoring, proc = _restoring("migrate-receive", incoming=True)
     calls: list[tuple[str, Any, int]] = []
 
-    def await_new(hv: Any, xs: Any, before: Any, name: str, p: Any, verb: str) -> tuple[int, int]:
+    def await_new(name: str) -> tuple[int, int]:
         calls.append(("await", name, len(proc.stdin.data)))
         return 7, 33100
 
-    def apply(xs: Any, hv: Any, domid: int, *, base_pages: int,
-              granted_pages: int) -> DecisionRecord:
-        calls.append(("apply", (domid, base_pages, granted_pages), len(proc.stdin.data)))
-        return DecisionRecord(state=DecisionState.GRANTED, request_id=0, base_pages=base_pages,
-                              granted_pages=granted_pages, max_pages=base_pages + granted_pages)
+    def apply(xs: Any, hv: Any, domid: int, grant: Grant) -> DecisionRecord:
+        calls.append(("apply", (domid, grant), len(proc.stdin.data)))
+        return carrying.restored(grant)
 
-    monkeypatch.setattr(restore, "_await_new_domain", await_new)
+    monkeypatch.setattr(restoring, "await_new_domain", await_new)
     monkeypatch.setattr(restore, "apply_grant", apply)
     src = io.BytesIO(image)
     src.seek(len(head.raw))
-    names: set[str] = set()
-    fed = restore._feed(src, proc, restore.Feed("migrate-receive", [], incoming=True),  # type: ignore[arg-type]
-                        head, None, None, set(), names, None)  # type: ignore[arg-type]
+    restored = restoring.feed(src, head)
     assert calls == [("await", "guest--incoming", len(head.raw)),
-                     ("apply", (7, 33100, 2048), len(head.raw))]
+                     ("apply", (7, Grant(33100, 2048)), len(head.raw))]
     assert bytes(proc.stdin.data) == image
-    assert (fed.domid, fed.max_pages) == (7, 33100 + 2048)
-    assert names == {"guest", "guest--incoming"}
+    assert (restored.domid, restored.max_pages) == (7, 33100 + 2048)
+    assert restoring.names == {"guest", "guest--incoming"}
 
 
 def test_restore_of_a_stock_image_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     image = synthetic.build_image()
-    head = relay.read_head(io.BytesIO(image))
-    monkeypatch.setattr(restore, "_await_new_domain", lambda *a: pytest.fail("waited"))
+    head = read_head(io.BytesIO(image))
+    restoring, proc = _restoring("restore", incoming=False)
+    monkeypatch.setattr(restoring, "await_new_domain", lambda *a: pytest.fail("waited"))
     src = io.BytesIO(image)
     src.seek(len(head.raw))
-    proc = FakeXl()
-    fed = restore._feed(src, proc, restore.Feed("restore", [], incoming=False),  # type: ignore[arg-type]
-                        head, None, None, set(), set(), None)  # type: ignore[arg-type]
+    assert restoring.feed(src, head).domid is None
     assert bytes(proc.stdin.data) == image
-    assert fed.domid is None
 
 
 # Grants as read on the sending side.
@@ -208,23 +212,23 @@ LIVE = DomainInfo(domid=3, exists=True, max_pages=35072, tot_pages=35000)
 
 
 def test_grant_is_carried_when_xen_agrees() -> None:
-    assert grants.check_grant(_decision(), LIVE) == GRANT
-    assert grants.check_grant(_decision(DecisionState.REJECTED), LIVE) == GRANT
+    assert carrying.check_grant(_decision(), LIVE) == GRANT
+    assert carrying.check_grant(_decision(DecisionState.REJECTED), LIVE) == GRANT
 
 
 def test_nothing_to_carry_without_a_grant() -> None:
-    assert grants.check_grant(None, LIVE) is None
-    assert grants.check_grant(_decision(granted=0), LIVE) is None
+    assert carrying.check_grant(None, LIVE) is None
+    assert carrying.check_grant(_decision(granted=0), LIVE) is None
 
 
 def test_grant_refused_while_applying_or_when_xen_disagrees() -> None:
     with pytest.raises(ProtocolError, match="applying") as err:
-        grants.check_grant(_decision(DecisionState.APPLYING), LIVE)
+        carrying.check_grant(_decision(DecisionState.APPLYING), LIVE)
     assert err.value.path == "/libxl/3/extra-pages/state"
     with pytest.raises(HypervisorError, match="max_pages 40000 differs"):
-        grants.check_grant(_decision(), DomainInfo(domid=3, exists=True, max_pages=40000))
+        carrying.check_grant(_decision(), DomainInfo(domid=3, exists=True, max_pages=40000))
     with pytest.raises(HypervisorError, match="no such domain"):
-        grants.check_grant(_decision(), DomainInfo(domid=3, exists=False))
+        carrying.check_grant(_decision(), DomainInfo(domid=3, exists=False))
 
 
 # Command lines.
@@ -237,41 +241,42 @@ def test_split_options_moves_flags_before_the_domain() -> None:
 
 
 def test_receiver_command_mirrors_xl() -> None:
-    assert migrate.receiver_command("", "xsproto migrate-receive") == "xsproto migrate-receive"
-    assert (migrate.receiver_command("ssh -p 2222", "host b", paused=True, debug=True)
-            == "exec ssh -p 2222 'host b' xsproto migrate-receive -p -d")
-    assert migrate.receiver_command("ssh", "h") == "exec ssh h xsproto migrate-receive"
+    plain = migrate.XlMigrateOptions()
+    assert plain.receiver_command("", "xsproto migrate-receive") == "xsproto migrate-receive"
+    assert (migrate.XlMigrateOptions(paused=True, debug=True).receiver_command(
+        "ssh -p 2222", "host b") == "exec ssh -p 2222 'host b' xsproto migrate-receive -p -d")
+    assert plain.receiver_command("ssh", "h") == "exec ssh h xsproto migrate-receive"
 
 
-def test_xl_migrate_runs_the_transport_with_an_empty_ssh_command() -> None:
-    args = argparse.Namespace(config=None, no_daemon=True, paused=False, debug=False)
+def test_xl_migrate_options_and_the_transport_carrying_the_grant() -> None:
+    assert migrate.XlMigrateOptions(no_daemon=True).xl_argv() == ["-e"]
+    assert migrate.XlMigrateOptions(config="c.cfg", debug=True).xl_argv() == [
+        "-C", "c.cfg", "--debug"]
     transport = migrate.transport_command("exec ssh h xsproto migrate-receive", GRANT, 3)
-    argv = migrate.xl_migrate_argv(args, 3, transport)
-    assert argv[:5] == ["xl", "migrate", "-s", "", "-e"]
-    assert argv[5:] == ["3", transport]
-    assert "migrate-send --source-domid 3 --base-pages 33024 --granted-pages 2048" in transport
+    assert "-m xsproto migrate-send --source-domid 3 --grant 33024+2048" in transport
     assert transport.endswith("'exec ssh h xsproto migrate-receive'")
+    assert "--grant" not in migrate.transport_command("r", None, 3)
 
 
 # inspect-image.
 
 def test_inspect_renders_header_config_record_and_records() -> None:
     summary = summarize(io.BytesIO(synthetic.build_image(image_record=RECORD)))
-    text = inspect.render(summary)
+    text = inspect_image.render(summary)
     assert "config: name guest, type pvh, memory 131072 kB" in text
     assert "base 33024 + granted 2048 pages, max 35072" in text
     assert "PAGE_DATA" in text and "12 records" in text
-    data = inspect.to_json(summary)
+    data = inspect_image.to_json(summary)
     assert data["record"]["granted_pages"] == 2048
     assert data["pfns"] == 3
     assert [r["type"] for r in data["records"]][-1] == "END"
-    stock = inspect.render(summarize(io.BytesIO(synthetic.build_image())))
+    stock = inspect_image.render(summarize(io.BytesIO(synthetic.build_image())))
     assert "xsproto record: none (stock image)" in stock
 
 
 def test_record_in_the_image_matches_the_grant() -> None:
     out = Sink()
-    save.filter_save(io.BytesIO(synthetic.build_image()), out, GRANT)
+    relay.add_grant(io.BytesIO(synthetic.build_image()), out, GRANT, source_domid=3)
     record = find_record(read_header(io.BytesIO(bytes(out.data)))[0])
     assert record is not None
     assert (record.base_pages, record.granted_pages, record.max_pages) == (33024, 2048, 35072)

@@ -64,6 +64,12 @@ def test_load_json(tmp_path: Path) -> None:
         ("domain_cap = 1", "domain_cap"),
         ("[rate]\nburst = 0", "rate.burst"),
         ("[rate]\nrefill_seconds = 0", "rate.refill_seconds"),
+        ("[rate]\nrefill_seconds = true", "rate.refill_seconds"),
+        ('[rate]\nrefill_seconds = "1"', "rate.refill_seconds"),
+        ("[rate]\nburst = 1.0", "rate.burst"),
+        ('[by_domid.7]\ncap_pages = "1"', "by_domid.7.cap_pages"),
+        ("[by_domid.7.rate]\nburst = 0", "by_domid.7.rate.burst"),
+        ("by_name = 1", "by_name"),
         ("[by_domid.07]\ncap_pages = 1", "by_domid.07"),
         ("[by_domid.x]\ncap_pages = 1", "by_domid.x"),
         ("[by_name.a]\ncap_pages = 1\ncolour = 1", "by_name.a.colour"),
@@ -76,6 +82,16 @@ def test_errors_name_file_and_field(tmp_path: Path, text: str, field: str) -> No
         Policy.load(f)
     assert str(err.value).startswith(f"{f}: ")
     assert field in str(err.value)
+
+
+def test_constructed_policies_are_checked_too() -> None:
+    with pytest.raises(ValueError, match=r"Policy\.by_domid: bad key: '07'"):
+        Policy(by_domid={"07": DomainOverride()})
+    with pytest.raises(ValueError, match=r"RateLimit\.refill_seconds: 0 is outside"):
+        RateLimit(refill_seconds=0)
+    with pytest.raises(ValueError, match=r"DomainOverride\.cap_pages: must be an integer"):
+        DomainOverride(cap_pages=True)
+    assert RateLimit(refill_seconds=60) == RateLimit(refill_seconds=60.0)
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
-from xsproto import paths
+from xsproto import fields, paths
 from xsproto.errors import ProtocolError
 from xsproto.records import (
     DecisionRecord,
@@ -101,17 +102,31 @@ def test_request_round_trip(req: Request) -> None:
     assert Request.from_nodes(req.to_nodes()) == req
 
 
-def test_models_are_strict_and_frozen() -> None:
-    with pytest.raises(ValidationError):
-        Request(pages="5", request_id=1)
-    with pytest.raises(ValidationError):
+def test_records_are_strict_and_frozen() -> None:
+    with pytest.raises(ValueError, match=r"Request\.pages: must be an integer, not '5'"):
+        Request(pages="5", request_id=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not True"):
         Request(pages=True, request_id=1)
-    with pytest.raises(ValidationError):
-        Request(pages=1, request_id=1, extra=1)
+    with pytest.raises(ValueError, match=r"Request\.request_id: 0 is outside"):
+        Request(pages=1, request_id=0)
+    with pytest.raises(ValueError, match="does not match"):
+        Request(pages=1, request_id=1, reason="a newline at the end\n")
+    with pytest.raises(TypeError):
+        Request(pages=1, request_id=1, extra=1)  # type: ignore[call-arg]
     req = Request(pages=1, request_id=1)
-    with pytest.raises(ValidationError):
-        req.pages = 2
-    assert Request.model_validate({"pages": 1, "request-id": 1}) == req
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        req.pages = 2  # type: ignore[misc]
+    assert fields.load(Request, {"pages": 1, "request-id": 1}) == req
+    assert fields.dump(req) == {"version": 1, "pages": 1, "reason": "", "request-id": 1}
+
+
+def test_record_invariants_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="max-pages must equal"):
+        DecisionRecord(state=DecisionState.GRANTED, request_id=1, base_pages=1,
+                       granted_pages=1, max_pages=3)
+    with pytest.raises(ValueError, match=r"DecisionRecord\.state: 'granted' is not one of"):
+        DecisionRecord(state="granted", request_id=1, base_pages=1,  # type: ignore[arg-type]
+                       granted_pages=1, max_pages=2)
 
 
 def test_decision_from_nodes() -> None:

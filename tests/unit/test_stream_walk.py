@@ -7,11 +7,13 @@ import os
 import shutil
 import subprocess
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from xsproto.errors import ImageError
+from xsproto.grant import Grant
 from xsproto.stream import (
     ImageRecord,
     copy_stream,
@@ -28,8 +30,8 @@ VERIFIER = Path("/usr/lib/xen-4.17/bin/verify-stream-v2")
 XEN_PYTHONPATH = "/usr/lib/xen-4.17/lib/python"
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin")
 
-RECORD = record_for_config(synthetic.domain_config(), source_domid=3, base_pages=32768,
-                           granted_pages=2048, max_pages=35072)
+RECORD = record_for_config(synthetic.domain_config(), source_domid=3,
+                           grant=Grant(base_pages=32768, granted_pages=2048))
 
 
 def test_summary_of_an_image_with_a_record() -> None:
@@ -65,7 +67,7 @@ def test_summary_without_config() -> None:
 
 
 def test_summary_refuses_a_record_for_another_domain() -> None:
-    stranger = RECORD.model_copy(update={"domain_name": "someone-else"})
+    stranger = replace(RECORD, domain_name="someone-else")
     image = synthetic.build_image(image_record=stranger)
     with pytest.raises(ImageError, match="record for a different domain"):
         summarize(io.BytesIO(image))
@@ -105,7 +107,7 @@ def test_rewrite_adds_the_record_and_keeps_the_stream_intact() -> None:
 
 def test_rewrite_replaces_an_earlier_record() -> None:
     header = synthetic.xl_header(image_record=RECORD, foreign=b"x")
-    newer = RECORD.model_copy(update={"granted_pages": 4096, "max_pages": 40000})
+    newer = replace(RECORD, granted_pages=4096, max_pages=32768 + 4096)
     rewritten, _ = read_header(io.BytesIO(rewrite_header_with_record(header, newer)))
     assert find_record(rewritten) == newer
     assert rewritten.extra_optional_data == b"x" + encode_record(newer)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agents.watcher import AREA_TOKEN, INTRODUCE_TOKEN, RELEASE_TOKEN, Work, works_in
+from xsproto.agents.watcher import AREA_TOKEN, INTRODUCE_TOKEN, RELEASE_TOKEN, Work, works_in
 
 AREA = "/local/domain/0/device-model/7/extra-pages"
 

@@ -17,15 +17,19 @@ Byte layout (little-endian, no padding)::
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
+from xsproto import fields
 from xsproto.errors import ImageError
+from xsproto.fields import Const, Int, Nullable, Text
+from xsproto.grant import Grant
 from xsproto.stream.xl_header import CONFIG_OFFSET, XlHeader
+from xsproto.values import DOMID_MAX, PAGES_MAX
 
 RECORD_MAGIC = b"XSPROTO\x00"
 RECORD_VERSION: Final = 1
@@ -34,14 +38,13 @@ MAX_PAYLOAD = 64 << 10
 
 _PREFIX = struct.Struct("<8sII")
 _CRC = struct.Struct("<I")
-PAGES_MAX = 1 << 52
-"""PFNs are 52 bits wide in the libxc stream, so no page count can exceed this."""
-DOMID_FIRST_RESERVED = 0x7FF0
 
 _UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+Pages = Annotated[int, Int(0, PAGES_MAX)]
 
 
-class ImageRecord(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class ImageRecord:
     """What the restore side needs to raise the new domain's limit in time.
 
     ``max_pages`` is the limit to set before the libxc stream flows; it covers the
@@ -49,27 +52,32 @@ class ImageRecord(BaseModel):
     Name and uuid tie the record to the domain config it travels with.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    version: Annotated[Literal[1], Const(RECORD_VERSION)] = RECORD_VERSION
+    domain_name: Annotated[str, Text(min_length=1)]
+    domain_uuid: Annotated[str | None, Nullable(Text(pattern=_UUID_PATTERN))] = None
+    source_domid: Annotated[int, Int(0, DOMID_MAX)]
+    base_pages: Pages
+    granted_pages: Pages
+    max_pages: Pages
 
-    version: Literal[1] = RECORD_VERSION
-    domain_name: str = Field(min_length=1)
-    domain_uuid: str | None = Field(default=None, pattern=_UUID_PATTERN)
-    source_domid: int = Field(ge=0, lt=DOMID_FIRST_RESERVED)
-    base_pages: int = Field(ge=0, le=PAGES_MAX)
-    granted_pages: int = Field(ge=0, le=PAGES_MAX)
-    max_pages: int = Field(ge=0, le=PAGES_MAX)
-
-    @model_validator(mode="after")
-    def _limit_covers_pages(self) -> ImageRecord:
-        if self.max_pages < self.base_pages + self.granted_pages:
-            raise ValueError(f"max_pages {self.max_pages} is below base_pages "
+    def __post_init__(self) -> None:
+        fields.check(self)
+        if self.max_pages != self.grant.max_pages:
+            raise ValueError(f"max_pages {self.max_pages} is not base_pages "
                              f"{self.base_pages} + granted_pages {self.granted_pages}")
-        return self
+
+    @property
+    def grant(self) -> Grant:
+        return Grant(self.base_pages, self.granted_pages)
+
+    def to_json(self) -> dict[str, object]:
+        """The record as a JSON object, the payload's form (schemas/image-record)."""
+        return fields.dump(self)
 
 
 def encode_record(record: ImageRecord) -> bytes:
     """Frame a record: magic, version, length, JSON payload, CRC32."""
-    payload = record.model_dump_json().encode()
+    payload = json.dumps(record.to_json(), separators=(",", ":")).encode()
     framed = _PREFIX.pack(RECORD_MAGIC, RECORD_VERSION, len(payload)) + payload
     return framed + _CRC.pack(zlib.crc32(framed))
 
@@ -98,8 +106,8 @@ def decode_record(data: bytes, offset: int = 0) -> tuple[ImageRecord, int]:
         raise ImageError(f"xsproto record checksum mismatch: stored 0x{stored:08x}, "
                          f"computed 0x{computed:08x}", offset=offset + end)
     try:
-        record = ImageRecord.model_validate_json(data[_PREFIX.size:end])
-    except ValidationError as exc:
+        record = fields.load(ImageRecord, json.loads(data[_PREFIX.size:end]))
+    except (ValueError, RecursionError) as exc:
         raise ImageError(f"invalid xsproto record payload: {exc}",
                          offset=offset + _PREFIX.size) from exc
     return record, end + _CRC.size
@@ -150,15 +158,15 @@ def _identity(config: Mapping[str, Any]) -> tuple[object, object]:
     return c_info.get("name"), c_info.get("uuid")
 
 
-def record_for_config(config: Mapping[str, Any], *, source_domid: int, base_pages: int,
-                      granted_pages: int, max_pages: int) -> ImageRecord:
+def record_for_config(config: Mapping[str, Any], *, source_domid: int,
+                      grant: Grant) -> ImageRecord:
     """Build the record for the domain the config describes (name and uuid from c_info)."""
     name, uuid = _identity(config)
     if not isinstance(name, str) or not name:
         raise ImageError("domain config has no c_info.name", offset=CONFIG_OFFSET)
     return ImageRecord(domain_name=name, domain_uuid=uuid if isinstance(uuid, str) else None,
-                       source_domid=source_domid, base_pages=base_pages,
-                       granted_pages=granted_pages, max_pages=max_pages)
+                       source_domid=source_domid, base_pages=grant.base_pages,
+                       granted_pages=grant.granted_pages, max_pages=grant.max_pages)
 
 
 def check_record_matches_config(record: ImageRecord, config: Mapping[str, Any]) -> None:

@@ -25,7 +25,12 @@ from xsproto.stream.image_record import (
 )
 from xsproto.stream.libxc import LibxcHeader
 from xsproto.stream.reader import CHUNK_SIZE, Readable, StreamReader, Writable, write_all
-from xsproto.stream.xl_header import MANDATORY_FLAG_STREAMV2, XlHeader, read_header
+from xsproto.stream.xl_header import (
+    MANDATORY_FLAG_STREAMV2,
+    MANDATORY_FLAGS_OFFSET,
+    XlHeader,
+    read_header,
+)
 
 _T = TypeVar("_T")
 
@@ -51,6 +56,35 @@ class ConfigSummary:
             max_memkb=_typed(b_info.get("max_memkb"), int),
             target_memkb=_typed(b_info.get("target_memkb"), int),
         )
+
+
+@dataclass(frozen=True)
+class ImageHead:
+    """An image's xl header, its raw bytes and its xsproto record (None if stock)."""
+
+    header: XlHeader
+    raw: bytes
+    record: ImageRecord | None
+
+    @property
+    def name(self) -> str | None:
+        """The domain name in the saved config."""
+        config = self.header.config_json()
+        return ConfigSummary.from_config(config).name if config is not None else None
+
+
+def read_head(src: Readable) -> ImageHead:
+    """Read the xl header only, refusing what no reader of ours can pass on safely: a
+    legacy stream, or a record written for another domain than the config's."""
+    header, raw = read_header(src)
+    if not header.mandatory_flags & MANDATORY_FLAG_STREAMV2:
+        raise ImageError("legacy (pre-v2) migration stream is not supported",
+                         offset=MANDATORY_FLAGS_OFFSET)
+    record = find_record(header)
+    config = header.config_json()
+    if record is not None and config is not None:
+        check_record_matches_config(record, config)
+    return ImageHead(header, raw, record)
 
 
 @dataclass(frozen=True)
@@ -80,14 +114,9 @@ class ImageSummary:
 
 def summarize(src: Readable, *, chunk: int = CHUNK_SIZE) -> ImageSummary:
     """Walk a whole image from a forward-only source, in bounded memory."""
-    header, raw = read_header(src)
-    if not header.mandatory_flags & MANDATORY_FLAG_STREAMV2:
-        raise ImageError("legacy (pre-v2) migration stream is not supported", offset=36)
-    config = header.config_json()
-    record = find_record(header)
-    if record is not None and config is not None:
-        check_record_matches_config(record, config)
-    reader = StreamReader(src, offset=len(raw), chunk=chunk)
+    head = read_head(src)
+    config = head.header.config_json()
+    reader = StreamReader(src, offset=len(head.raw), chunk=chunk)
     libxl_header = libxl.read_header(reader)
     libxc_headers: list[LibxcHeader] = []
     records: list[Record] = []
@@ -98,9 +127,9 @@ def summarize(src: Readable, *, chunk: int = CHUNK_SIZE) -> ImageSummary:
             libxc_headers.append(item)
     end_offset = reader.offset
     return ImageSummary(
-        header=header,
+        header=head.header,
         config=ConfigSummary.from_config(config) if config is not None else None,
-        record=record,
+        record=head.record,
         libxl_header=libxl_header,
         libxc_headers=tuple(libxc_headers),
         records=tuple(records),

@@ -25,6 +25,8 @@ MANDATORY_FLAG_JSON = 1 << 0
 MANDATORY_FLAG_STREAMV2 = 1 << 1
 MANDATORY_FLAGS_KNOWN = MANDATORY_FLAG_JSON | MANDATORY_FLAG_STREAMV2
 
+MANDATORY_FLAGS_OFFSET = len(MAGIC) + 4
+"""Where mandatory_flags is, after the magic and byteorder (36)."""
 FIXED_SIZE = len(MAGIC) + struct.calcsize(HEADER_FORMAT)
 """Bytes before the optional data (48)."""
 

@@ -3,18 +3,17 @@ the toolstack's recorded decision, and Xen's live limit beside it (they must agr
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
-from typing import Any
 
-from xsproto import paths, state
+from xsproto import paths
+from xsproto.adapters import xenstore_records
+from xsproto.adapters.hypervisor import Hypervisor
+from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import ProtocolError
 from xsproto.exitcodes import Exit
-from xsproto.hypervisor import Hypervisor
 from xsproto.records import DecisionState
-from xsproto.xenstore import Xenstore
 
 
 @dataclass(frozen=True)
@@ -36,13 +35,13 @@ class DomainStatus:
 
 
 def domain_status(xs: Xenstore, hv: Hypervisor, domid: int) -> DomainStatus:
-    dm = state.dm_domid_of(xs, domid)
-    request, _ = state.read_request(xs, dm, domid)
+    dm = xenstore_records.dm_domid_of(xs, domid)
+    request, _ = xenstore_records.read_request(xs, dm, domid)
     info = hv.domain(domid)
-    name = xs.read(f"/local/domain/{domid}/name")
+    name = xenstore_records.domain_name(xs, domid)
     problem = None
     try:
-        record = state.read_decision(xs, domid)
+        record = xenstore_records.read_decision(xs, domid)
     except ProtocolError as e:
         record, problem = None, str(e)
     consistent = problem is None and (
@@ -51,7 +50,7 @@ def domain_status(xs: Xenstore, hv: Hypervisor, domid: int) -> DomainStatus:
     if problem is None and not consistent:
         problem = "Xen's max_pages differs from the recorded max-pages"
     return DomainStatus(
-        domid=domid, name=name.decode("ascii", "replace") if name else None, dm_domid=dm,
+        domid=domid, name=name, dm_domid=dm,
         requested_pages=_text(request.get(paths.PAGES)),
         request_id=_text(request.get(paths.REQUEST_ID)),
         state=record.state.value if record else None,
@@ -68,14 +67,15 @@ def _text(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("ascii", "backslashreplace")
 
 
-def run(args: argparse.Namespace) -> int:
-    with Xenstore(args.xenstore) as xs:
+def run(domid: int | None, *, as_json: bool, xenstore: str | None) -> int:
+    """``xsproto status``: exit 1 when a recorded decision and Xen disagree."""
+    with Xenstore(xenstore) as xs:
         hv = Hypervisor()
-        domids = [args.domid] if args.domid is not None else sorted(
-            int(d) for d in xs.children(paths.DECISION_ROOT) if d.isdigit()
-            and xs.children(paths.decision_dir(int(d))))
+        domids = [domid] if domid is not None else [
+            d for d in xenstore_records.domids_under(xs, paths.DECISION_ROOT)
+            if xs.children(paths.decision_dir(d))]
         rows = [domain_status(xs, hv, d) for d in domids]
-    if args.json:
+    if as_json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:
         print(f"{'DOMID':>5} {'NAME':<16} {'STATE':<9} {'ASKED':>7} {'GRANTED':>8} "
@@ -93,12 +93,3 @@ def run(args: argparse.Namespace) -> int:
 
 def _n(v: int | None) -> str:
     return "-" if v is None else str(v)
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser("status", help="per domain: request, decision and Xen's limit",
-                       description="Show each domain's request, the recorded decision and "
-                                   "Xen's live limit. Exit 1 when they disagree.")
-    p.add_argument("--domid", type=int, default=None, help="only this domain")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(run=run)

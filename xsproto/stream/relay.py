@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 from xsproto import logs
 from xsproto.errors import ImageError
-from xsproto.stream import XlHeader, check_record_matches_config, copy_stream, find_record, libxl
-from xsproto.stream.image_record import ImageRecord
+from xsproto.grant import Grant
+from xsproto.stream import copy_stream, libxl
+from xsproto.stream.image_record import record_for_config
 from xsproto.stream.reader import Readable, StreamReader, Writable, write_all
-from xsproto.stream.walk import ConfigSummary
-from xsproto.stream.xl_header import MANDATORY_FLAG_STREAMV2, read_header
+from xsproto.stream.walk import read_head, rewrite_header_with_record
+from xsproto.stream.xl_header import FIXED_SIZE
 
 log = logging.getLogger("xsproto.relay")
 
@@ -33,35 +34,8 @@ PROGRESS_INTERVAL = 2.0
 """Seconds between progress lines on stderr."""
 
 
-@dataclass(frozen=True)
-class ImageHead:
-    """An image's xl header, its raw bytes and its xsproto record (None if stock)."""
-
-    header: XlHeader
-    raw: bytes
-    record: ImageRecord | None
-
-    @property
-    def name(self) -> str | None:
-        """The domain name in the saved config."""
-        config = self.header.config_json()
-        return ConfigSummary.from_config(config).name if config is not None else None
-
-
-def read_head(src: Readable) -> ImageHead:
-    """Read the xl header only, refusing what a filter cannot pass on safely."""
-    header, raw = read_header(src)
-    if not header.mandatory_flags & MANDATORY_FLAG_STREAMV2:
-        raise ImageError("legacy (pre-v2) migration stream is not supported", offset=36)
-    record = find_record(header)
-    config = header.config_json()
-    if record is not None and config is not None:
-        check_record_matches_config(record, config)
-    return ImageHead(header, raw, record)
-
-
 @contextlib.contextmanager
-def naming(where: object) -> Iterator[None]:
+def image_errors_from(where: object) -> Iterator[None]:
     """Prefix image errors with the file or stream they come from (the offset is kept)."""
     try:
         yield
@@ -138,3 +112,24 @@ def relay_body(src: Readable, dst: Writable, *, offset: int, what: str = "image"
         pass
     trailing = copy_stream(src, dst)
     return Relayed(stream_bytes=tee.count, trailing_bytes=trailing)
+
+
+def add_grant(src: Readable, dst: Writable, grant: Grant | None, *,
+                source_domid: int) -> int:
+    """Copy an image of domain ``source_domid`` from ``src`` to ``dst``, adding ``grant``
+    to the xl header.
+
+    Returns the number of bytes written. Without a grant the image passes unchanged.
+    """
+    head = read_head(src)
+    out = head.raw
+    if grant is not None:
+        config = head.header.config_json()
+        if config is None:
+            raise ImageError("no domain config in the xl header to tie the record to",
+                             offset=FIXED_SIZE)
+        record = record_for_config(config, source_domid=source_domid, grant=grant)
+        out = rewrite_header_with_record(head.header, record)
+    write_all(dst, out)
+    body = relay_body(src, dst, offset=len(head.raw), what="save")
+    return len(out) + body.stream_bytes + body.trailing_bytes

@@ -9,7 +9,6 @@ start finishes; a second watcher racing converges on the newest record.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -18,14 +17,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Literal, NamedTuple
 
-from xsproto import logs, negotiation, paths, state
+from xsproto import logs, negotiation, paths
+from xsproto.adapters import xenstore_records
+from xsproto.adapters.hypervisor import Hypervisor
+from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import HypervisorError, ProtocolError, XenstoreError
 from xsproto.exitcodes import Exit
-from xsproto.hypervisor import Hypervisor
 from xsproto.negotiation import Apply, Decision, DomainInfo, HostInfo, Ignore, Reject
 from xsproto.policy import Policy, RateLimiter
 from xsproto.records import DecisionRecord
-from xsproto.xenstore import Xenstore
 
 log = logging.getLogger("xsproto.watcher")
 
@@ -92,8 +92,8 @@ class Watcher:
 
     def start(self) -> None:
         """Watch, then reconcile what happened while no watcher ran."""
-        self.xs.watch("@releaseDomain", RELEASE_TOKEN)
-        self.xs.watch("@introduceDomain", INTRODUCE_TOKEN)
+        self.xs.watch(paths.RELEASE_DOMAIN, RELEASE_TOKEN)
+        self.xs.watch(paths.INTRODUCE_DOMAIN, INTRODUCE_TOKEN)
         self._watch_areas()
         logs.event(log, "watching", areas=",".join(map(str, sorted(self.areas))),
                    cap_pages=self.policy.domain_cap_pages,
@@ -102,26 +102,23 @@ class Watcher:
 
     def _watch_areas(self) -> None:
         """Watch dom0's device-model area and each stubdom device model's."""
-        wanted = {0} | {state.dm_domid_of(self.xs, d) for d in self._xenstore_domids()}
+        domids = xenstore_records.domids_under(self.xs, paths.DOMAINS_ROOT)
+        wanted = {0} | {xenstore_records.dm_domid_of(self.xs, d) for d in domids}
         for dm in sorted(wanted - self.areas):
-            self.xs.watch(f"/local/domain/{dm}/device-model", AREA_TOKEN)
+            self.xs.watch(paths.device_model_area(dm), AREA_TOKEN)
             self.areas.add(dm)
-
-    def _xenstore_domids(self) -> list[int]:
-        return [int(d) for d in self.xs.children("/local/domain") if d.isdigit()]
 
     def reconcile(self) -> None:
         """Finish interrupted decisions, answer unanswered requests, drop dead domains."""
         self.granted.clear()
-        for name in self.xs.children(paths.DECISION_ROOT):
-            if name.isdigit():
-                record = self._record_or_none(int(name))
-                if record is not None:
-                    self.granted[int(name)] = record.granted_pages
+        for domid in xenstore_records.domids_under(self.xs, paths.DECISION_ROOT):
+            record = self._record_or_none(domid)
+            if record is not None:
+                self.granted[domid] = record.granted_pages
         for dm in sorted(self.areas):
-            for name in self.xs.children(f"/local/domain/{dm}/device-model"):
-                if name.isdigit() and self.xs.children(paths.request_dir(dm, int(name))):
-                    self._guarded(paths.request_dir(dm, int(name)), self.handle, dm, int(name))
+            for domid in xenstore_records.domids_under(self.xs, paths.device_model_area(dm)):
+                if self.xs.children(paths.request_dir(dm, domid)):
+                    self._guarded(paths.request_dir(dm, domid), self.handle, dm, domid)
         for domid in sorted(self.granted):
             self._guarded(paths.decision_dir(domid), self.handle_pending, domid)
         self.collect_dead()
@@ -135,7 +132,7 @@ class Watcher:
 
     def _record_or_none(self, domid: int) -> DecisionRecord | None:
         try:
-            return state.read_decision(self.xs, domid)
+            return xenstore_records.read_decision(self.xs, domid)
         except ProtocolError as e:
             logs.event(log, "bad-record", level=logging.WARNING, domid=domid,
                        path=paths.decision_dir(domid), error=e)
@@ -143,7 +140,8 @@ class Watcher:
 
     # Events.
 
-    def do(self, work: Work) -> None:
+    def serve(self, work: Work) -> None:
+        """Do one thing a batch of events asked for."""
         if work.kind == "release":
             self.collect_dead()
         elif work.kind == "introduce":
@@ -156,7 +154,7 @@ class Watcher:
         once per thing they ask for, in order of arrival."""
         for batch in self.xs.event_batches():
             for work in works_in(batch):
-                self._guarded(work.path, self.do, work)
+                self._guarded(work.path, self.serve, work)
 
     # Deciding.
 
@@ -164,12 +162,11 @@ class Watcher:
         info = self.hv.domain(domid)
         if not info.exists:
             return info
-        name = self.xs.read(f"/local/domain/{domid}/name")
-        return replace(info, name=name.decode("ascii", "replace") if name else None)
+        return replace(info, name=xenstore_records.domain_name(self.xs, domid))
 
     def handle(self, dm: int, domid: int) -> None:
         """Answer whatever stands in ``dm``'s request directory for ``domid``."""
-        expected = state.dm_domid_of(self.xs, domid)
+        expected = xenstore_records.dm_domid_of(self.xs, domid)
         where = paths.request_dir(dm, domid)
         if dm != expected:
             # Only D's own device model speaks for D; a record here would let any domain
@@ -178,7 +175,7 @@ class Watcher:
                        why=f"domain {domid}'s device model is domain {expected}")
             return
         for _ in range(MAX_ROUNDS):
-            nodes, owner = state.read_request(self.xs, dm, domid)
+            nodes, owner = xenstore_records.read_request(self.xs, dm, domid)
             current = self._record_or_none(domid)
             decision = negotiation.decide(
                 nodes, owner=owner, dm_domid=dm, current=current,
@@ -194,7 +191,7 @@ class Watcher:
         current = self._record_or_none(domid)
         decision = negotiation.recover(current, self.domain(domid))
         if not isinstance(decision, Ignore):
-            self.carry_out(domid, state.dm_domid_of(self.xs, domid), current, decision,
+            self.carry_out(domid, xenstore_records.dm_domid_of(self.xs, domid), current, decision,
                            paths.decision_dir(domid), {})
 
     def _host(self, domid: int) -> HostInfo:
@@ -245,7 +242,7 @@ class Watcher:
         where = paths.decision_dir(domid)
 
         def txn(xs: Xenstore) -> bool:
-            nodes, now = state.decision_in(xs, domid)
+            nodes, now = xenstore_records.decision_in(xs, domid)
             if now != expected:
                 return False
             if now is None:
@@ -265,24 +262,23 @@ class Watcher:
         for domid in set(self.granted) - alive:
             self.forget(domid)
         for dm in sorted(self.areas):
-            for name in self.xs.children(f"/local/domain/{dm}/device-model"):
-                if name.isdigit() and int(name) not in alive:
-                    self._remove_request(dm, int(name))
-        for name in self.xs.children(paths.DECISION_ROOT):
-            if name.isdigit() and int(name) not in alive:
-                self.xs.remove(paths.decision_dir(int(name)))
+            for domid in xenstore_records.domids_under(self.xs, paths.device_model_area(dm)):
+                if domid not in alive:
+                    self._remove_request(dm, domid)
+        for domid in xenstore_records.domids_under(self.xs, paths.DECISION_ROOT):
+            if domid not in alive:
+                self.xs.remove(paths.decision_dir(domid))
 
     def _remove_request(self, dm: int, domid: int) -> None:
         """Remove the request; and its parent too when the device model left nothing else
         there (no QEMU, as for PVH: the agent created it)."""
-        where = paths.request_dir(dm, domid)
-        self.xs.remove(where)
-        parent = where.rsplit("/", 1)[0]
+        self.xs.remove(paths.request_dir(dm, domid))
+        parent = paths.device_model_guest_dir(dm, domid)
         if not self.xs.children(parent) and self.xs.read(parent) is not None:
             self.xs.remove(parent)
 
     def forget(self, domid: int) -> None:
-        for dm in sorted(self.areas | {state.dm_domid_of(self.xs, domid)}):
+        for dm in sorted(self.areas | {xenstore_records.dm_domid_of(self.xs, domid)}):
             self._remove_request(dm, domid)
         self.xs.remove(paths.decision_dir(domid))
         self.granted.pop(domid, None)
@@ -290,21 +286,12 @@ class Watcher:
         logs.event(log, "forgotten", domid=domid, path=paths.decision_dir(domid))
 
 
-def run(args: argparse.Namespace) -> int:
-    policy = Policy.load(args.policy) if args.policy else Policy()
-    with Xenstore(args.xenstore) as xs:
+def run(policy_file: str | None, *, xenstore: str | None) -> int:
+    """``xsproto watcher``: serve until killed."""
+    policy = Policy.load(policy_file) if policy_file else Policy()
+    with Xenstore(xenstore) as xs:
         watcher = Watcher(xs, Hypervisor(), policy)
-        logs.event(log, "starting", policy=args.policy or "defaults")
+        logs.event(log, "starting", policy=policy_file or "defaults")
         watcher.start()
         watcher.run_forever()
     return Exit.OK
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser("watcher", help="the toolstack daemon: answer device models' requests",
-                       description="Watch device models' requests for extra pages, decide "
-                                   "by policy, raise max_pages in Xen and record the "
-                                   "decision. Runs in the foreground; one log line a decision.")
-    p.add_argument("--policy", metavar="FILE",
-                   help="policy file (JSON or TOML); default: the safe built-in policy")
-    p.set_defaults(run=run)

@@ -7,11 +7,9 @@ over FILE only after xl succeeded and the whole stream was seen to be well forme
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,17 +17,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from agents import xl
-from agents.grants import Grant, read_grant
-from agents.relay import naming, read_head, relay_body
 from xsproto import logs
-from xsproto.errors import ImageError, XsprotoError
+from xsproto.adapters import xl
+from xsproto.adapters.hypervisor import Hypervisor
+from xsproto.adapters.xenstore import Xenstore
+from xsproto.agents.image_grants import read_grant
+from xsproto.errors import XsprotoError
 from xsproto.exitcodes import Exit
-from xsproto.hypervisor import Hypervisor
-from xsproto.stream import rewrite_header_with_record
-from xsproto.stream.reader import Readable, Writable, write_all
-from xsproto.stream.xl_header import FIXED_SIZE
-from xsproto.xenstore import Xenstore
+from xsproto.grant import Grant
+from xsproto.stream.relay import add_grant, image_errors_from
 
 log = logging.getLogger("xsproto.save")
 
@@ -37,47 +33,18 @@ IMAGE_MODE = 0o644
 """The mode ``xl save`` creates images with (before the umask)."""
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "save", help="xl save, carrying the domain's negotiated pages in the image",
-        description="Run stock 'xl save' through a pipe, add the domain's negotiated pages "
-                    "to the image's xl header, and write FILE atomically.")
-    p.add_argument("domain", help="domain name or id")
-    p.add_argument("file", type=Path, help="image to write (replaced only on success)")
-    p.add_argument("xl_options", nargs=argparse.REMAINDER, metavar="XL_SAVE_OPTIONS",
-                   help="passed to xl save (e.g. -c, -p, -D, or a config file)")
-    p.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
+def run(domain: str, target: Path, xl_options: list[str], *, xenstore: str | None) -> int:
+    """``xsproto save DOMAIN FILE [xl save options]``."""
     try:
-        flags, config = xl.split_options(args.xl_options, verb="save", positional=1)
+        flags, config = xl.split_options(xl_options, verb="save", positional=1)
     except xl.UsageError as e:
         print(f"xsproto save: {e}", file=sys.stderr)
         return Exit.USAGE
-    domid = xl.domid_of(args.domain)
-    with Xenstore(args.xenstore) as xs:
+    domid = xl.domid_of(domain)
+    with Xenstore(xenstore) as xs:
         grant = read_grant(xs, Hypervisor(), domid)
-    save(domid, args.file, grant, flags=flags, config=config)
+    save(domid, target, grant, flags=flags, config=config)
     return Exit.OK
-
-
-def filter_save(src: Readable, dst: Writable, grant: Grant | None) -> int:
-    """Copy an image from ``src`` to ``dst``, adding ``grant`` to the xl header.
-
-    Returns the number of bytes written. Without a grant the image passes unchanged.
-    """
-    head = read_head(src)
-    out = head.raw
-    if grant is not None:
-        config = head.header.config_json()
-        if config is None:
-            raise ImageError("no domain config in the xl header to tie the record to",
-                             offset=FIXED_SIZE)
-        out = rewrite_header_with_record(head.header, grant.image_record(config))
-    write_all(dst, out)
-    body = relay_body(src, dst, offset=len(head.raw), what="save")
-    return len(out) + body.stream_bytes + body.trailing_bytes
 
 
 @contextlib.contextmanager
@@ -109,22 +76,22 @@ def save(domid: int, target: Path, grant: Grant | None, *, flags: Sequence[str] 
     """Run ``xl save FLAGS DOMID PIPE [CONFIG]`` and write its image, plus ``grant``, to
     ``target``.
 
-    SIGPIPE stays ignored in xl: if this filter fails, xl sees EPIPE, reports that the
-    save failed and resumes the domain, instead of dying with the guest suspended.
+    If this filter fails, xl sees EPIPE, reports that the save failed and resumes the
+    domain (see ``xsproto.adapters.xl``).
     """
     started = time.monotonic()
     try:
         with atomic_output(target) as out:
             read_fd, write_fd = os.pipe()
-            argv = [xl.XL, "save", *flags, str(domid), f"/proc/self/fd/{write_fd}", *config]
             try:
-                proc = subprocess.Popen(argv, pass_fds=(write_fd,), restore_signals=False)
+                proc = xl.start("save", [*flags, str(domid), f"/proc/self/fd/{write_fd}",
+                                         *config], pass_fds=[write_fd])
             finally:
                 os.close(write_fd)
             with open(read_fd, "rb") as src:
                 try:
-                    with naming(f"xl save stream of domain {domid}"):
-                        size = filter_save(src, out, grant)
+                    with image_errors_from(f"xl save stream of domain {domid}"):
+                        size = add_grant(src, out, grant, source_domid=domid)
                 except XsprotoError as e:
                     src.close()
                     if status := proc.wait():  # xl failed first: its reason is the one

@@ -1,4 +1,4 @@
-"""The protocol's state as stored in xenstore: the records, and who the device model is.
+"""The protocol's records as xenstore holds them, and who each domain's device model is.
 
 Every part (watcher, agent, image hooks, status) reads it through here, so a record is
 parsed, and the device model's domain is trusted, in exactly one way.
@@ -7,10 +7,10 @@ parsed, and the device model's domain is trusted, in exactly one way.
 from __future__ import annotations
 
 from xsproto import paths
+from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import ProtocolError
 from xsproto.records import DecisionRecord
 from xsproto.values import parse_domid
-from xsproto.xenstore import Xenstore
 
 
 def decision_in(t: Xenstore, domid: int) -> tuple[dict[str, bytes], DecisionRecord | None]:
@@ -53,3 +53,21 @@ def dm_domid_of(xs: Xenstore, domid: int) -> int:
         return parse_domid(raw, path=where)
     except ProtocolError:
         return 0
+
+
+def domids_under(xs: Xenstore, path: str) -> list[int]:
+    """The children of ``path`` named by a domain id (canonical decimal, in range), in
+    order; other names (a stray ``/libxl/99999``, ``007``) are not domains and are left out."""
+    ids = []
+    for name in xs.children(path):
+        try:
+            ids.append(parse_domid(name.encode("ascii"), path=f"{path}/{name}"))
+        except (ProtocolError, UnicodeEncodeError):
+            continue
+    return sorted(ids)
+
+
+def domain_name(xs: Xenstore, domid: int) -> str | None:
+    """The name libxl gave ``domid`` (printable for logs), None when it has none."""
+    raw = xs.read(paths.domain_name_path(domid))
+    return raw.decode("ascii", "backslashreplace") if raw else None

@@ -6,35 +6,25 @@ headers are kept, so a multi-gigabyte image is inspected in constant memory.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-from agents.relay import naming
 from xsproto.errors import XsprotoError
 from xsproto.exitcodes import Exit
 from xsproto.stream import ImageSummary, summarize
+from xsproto.stream.relay import image_errors_from
 from xsproto.stream.xl_header import MANDATORY_FLAG_JSON, MANDATORY_FLAG_STREAMV2
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("inspect-image", help="show an image's header, record and records",
-                       description="Show the xl header, the domain config summary, the "
-                                   "xsproto record and every libxl/libxc record with its "
-                                   "size, without keeping page data in memory.")
-    p.add_argument("file", type=Path)
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
+def run(file: Path, *, as_json: bool) -> int:
+    """``xsproto inspect-image``."""
     try:
-        with open(args.file, "rb") as src, naming(args.file):
+        with open(file, "rb") as src, image_errors_from(file):
             summary = summarize(src)
     except OSError as e:
-        raise XsprotoError(f"{args.file}: cannot read: {e.strerror or e}") from e
-    print(json.dumps(to_json(summary), indent=2) if args.json else render(summary))
+        raise XsprotoError(f"{file}: cannot read: {e.strerror or e}") from e
+    print(json.dumps(to_json(summary), indent=2) if as_json else render(summary))
     return Exit.OK
 
 
@@ -53,7 +43,7 @@ def to_json(s: ImageSummary) -> dict[str, Any]:
         "config": None if s.config is None else {
             "name": s.config.name, "uuid": s.config.uuid, "type": s.config.type,
             "target_memkb": s.config.target_memkb, "max_memkb": s.config.max_memkb},
-        "record": None if s.record is None else s.record.model_dump(),
+        "record": None if s.record is None else s.record.to_json(),
         "libxl_header": {"offset": s.libxl_header.offset, "version": s.libxl_header.version,
                          "legacy": s.libxl_header.legacy},
         "libxc_headers": [{"offset": x.offset, "version": x.version,

@@ -1,17 +1,22 @@
-"""Driving stock ``xl``: argument lists, domain lookup, and cleaning up after a failure."""
+"""The xl adapter: the only place xsproto starts processes (stock ``xl``, and the shell
+command of a migration's receiving end), and turns their failures into error types.
+
+Processes keep SIGPIPE ignored (``restore_signals=False``): if a filter fails, xl sees
+EPIPE and reports the failure (and resumes the domain) instead of dying mid-save.
+"""
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from xsproto.errors import XsprotoError
-from xsproto.hypervisor import Hypervisor
-from xsproto.xenstore import Xenstore
 
 XL = "xl"
 INCOMING_SUFFIX = "--incoming"
 """``xl migrate-receive`` names the domain NAME--incoming until the sender says go."""
+
+Process = subprocess.Popen[bytes]
 
 
 class XlFailed(XsprotoError):
@@ -51,13 +56,24 @@ def domid_of(domain: str) -> int:
     return int(out.stdout.strip())
 
 
-def domains_named(hv: Hypervisor, xs: Xenstore, names: Iterable[str], *,
-                  exclude: Iterable[int] = ()) -> list[int]:
-    """Domains (other than ``exclude``) whose xenstore name is one of ``names``."""
-    wanted = {n.encode() for n in names}
-    skip = set(exclude)
-    return [d for d in hv.domids()
-            if d not in skip and xs.read(f"/local/domain/{d}/name") in wanted]
+def start(verb: str, args: Sequence[str], *, feed: bool = False,
+          pass_fds: Sequence[int] = ()) -> Process:
+    """Start ``xl VERB ARGS``; with ``feed`` its stdin is a pipe we write (unbuffered)."""
+    return subprocess.Popen([XL, verb, *args], stdin=subprocess.PIPE if feed else None,
+                            bufsize=0, pass_fds=tuple(pass_fds), restore_signals=False)
+
+
+def run(verb: str, args: Sequence[str]) -> None:
+    """Run ``xl VERB ARGS`` to the end; XlFailed when it fails."""
+    if status := start(verb, args).wait():
+        raise XlFailed(verb, status)
+
+
+def start_shell(command: str) -> Process:
+    """Start a shell command (a migration's receiving end) fed through its stdin; its
+    stdout is ours, so its replies reach xl untouched."""
+    return subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, bufsize=0,
+                            restore_signals=False)
 
 
 def destroy(domid: int) -> None:

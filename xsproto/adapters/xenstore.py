@@ -1,0 +1,285 @@
+"""The xenstore adapter: pyxs at the edge, typed errors and safe retries for the rest.
+
+Transactions are retried when xenstored answers EAGAIN (a conflicting commit, or
+oxenstored's fault injection) or the operation was merely interrupted; a refusal
+(EACCES, EINVAL, ENOENT, E2BIG, ...) is never retried: it becomes XenstoreError.
+
+Only pyxs's public API is used (its documented ``Client``, ``Router``, connections and
+``Monitor``), except in the two functions marked "pyxs private" below, each of which
+tests/unit/test_xenstore_adapter.py pins down. Checked on pyxs 0.4.1 (the last release)
+and its unreleased master (0.4.2-dev, 2017).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import queue
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import pyxs
+from pyxs.connection import UnixSocketConnection, XenBusConnection
+from pyxs.exceptions import PyXSError
+
+from xsproto.errors import XenstoreError
+
+T = TypeVar("T")
+
+TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EINTR, errno.EBUSY})
+TRANSACTION_ATTEMPTS = 20
+BACKOFF_FIRST = 0.002  # seconds: the upper bound of the first wait, doubled after each conflict
+BACKOFF_MAX = 0.2
+
+# XS_WRITE in Xen's xen/include/public/io/xs_wire.h: the wire protocol, fixed for good.
+XS_WRITE = 11
+
+
+class _Retry(Exception):
+    """Internal: the transaction must start over."""
+
+
+def _errno(err: PyXSError) -> int | None:
+    code = err.args[0] if err.args else None
+    return code if isinstance(code, int) else None
+
+
+def _text(path: str | bytes) -> str:
+    return path.decode(errors="replace") if isinstance(path, bytes) else path
+
+
+def _b(path: str) -> bytes:
+    return path.encode("ascii")
+
+
+def backoff_delay(conflicts: int) -> float:
+    """How long to wait after the ``conflicts``-th conflict (1, 2, ...): random ("full
+    jitter", so that conflicting writers spread out) below an exponential cap."""
+    return random.uniform(0.0, min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (conflicts - 1)))
+
+
+def _write_empty(client: Any, path: bytes) -> None:
+    """Set ``path``'s value to b"" (creating it if needed). pyxs private, on 0.4.x only.
+
+    pyxs 0.4.0 and 0.4.1 refuse an empty value (``Client.write`` checks each part of the
+    payload against a regex that wants one byte or more, and raises a plain ValueError
+    before sending anything); their master accepts it since 2017 (PR #13), unreleased.
+    So: the public ``write`` first, and only when it refuses that way, the same request
+    through ``Client.ack`` (undocumented, under "Private API" in client.py), whose wire
+    payload for XS_WRITE is just "path\\0value" -- here "path\\0".
+    Checked on pyxs 0.4.1 and master 0.4.2-dev; test_pyxs_private_write_empty pins it.
+    """
+    try:
+        client.write(path, b"")
+    except PyXSError:  # xenstored's answer, or InvalidPath (a ValueError too): not ours
+        raise
+    except ValueError:
+        client.ack(XS_WRITE, path + b"\0")
+
+
+def _next_watch_event(monitor: Any, timeout: float | None) -> tuple[bytes, bytes] | None:
+    """The next watch event queued for ``monitor``; None when ``timeout`` passes first.
+    pyxs private.
+
+    pyxs's only public way to receive events, ``Monitor.wait()``, blocks with no timeout,
+    and its router thread owns the connection, so there is no descriptor to select on.
+    Its router puts each event, an ``Event(path, token)`` namedtuple, on the monitor's
+    ``events`` attribute, a ``queue.Queue`` (``wait()`` itself reads it); read it here.
+    Unlike ``wait()`` this does not drop events for paths no longer watched.
+    Checked on pyxs 0.4.1 and master 0.4.2-dev; test_pyxs_private_monitor_events pins it.
+    """
+    events: queue.Queue[tuple[bytes, bytes]] = monitor.events
+    try:
+        return events.get(timeout=timeout)
+    except queue.Empty:
+        return None
+
+
+class Xenstore:
+    """One connection to xenstored (unix socket, or /dev/xen/xenbus from a guest).
+
+    Not thread-safe: give each thread its own. Use as a context manager.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        if path is not None and path.startswith(("/dev/", "/proc/")):
+            connection = XenBusConnection(path)
+        else:
+            connection = UnixSocketConnection(path)
+        # One router (pyxs's thread that owns the connection) shared by the client and by
+        # each transaction's own client: pyxs's documented way to multiplex transactions.
+        self._router = pyxs.Router(connection)
+        self._client: Any = pyxs.Client(router=self._router)
+        self._tx: Any = None  # the open transaction's client, while ``transact`` runs
+        self._monitor: Any = None
+        self.where = path or "default xenstored socket"
+
+    def __enter__(self) -> Xenstore:
+        try:
+            self._client.connect()
+        except (PyXSError, OSError) as e:
+            raise XenstoreError(f"cannot connect to xenstored: {e}", path=self.where) from e
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    @property
+    def _active(self) -> Any:
+        """The client operations go through: the transaction's while one is open."""
+        return self._client if self._tx is None else self._tx
+
+    def _call(self, path: str, fn: Callable[[], T]) -> T | None:
+        """Run one pyxs operation; None when the node does not exist (ENOENT)."""
+        try:
+            return fn()
+        except PyXSError as e:
+            code = _errno(e)
+            if code == errno.ENOENT:
+                return None
+            if code in TRANSIENT_ERRNOS and self._tx is not None:
+                raise _Retry from e
+            raise XenstoreError(str(e), path=path) from e
+
+    # Reads and writes: inside ``transact`` they belong to its transaction.
+
+    def read(self, path: str) -> bytes | None:
+        client = self._active
+        value: bytes | None = self._call(path, lambda: client.read(_b(path)))
+        return value
+
+    def children(self, path: str) -> list[str]:
+        client = self._active
+        names: list[bytes] = self._call(path, lambda: client.list(_b(path))) or []
+        return [n.decode("ascii", errors="replace") for n in names]
+
+    def read_dir(self, path: str) -> dict[str, bytes]:
+        """The values of ``path``'s children (missing children are left out)."""
+        out = {}
+        for name in self.children(path):
+            value = self.read(f"{path}/{name}")
+            if value is not None:
+                out[name] = value
+        return out
+
+    def owner(self, path: str) -> int | None:
+        """The owner domid in the node's permissions (their first entry); None if absent."""
+        client = self._active
+        perms: list[bytes] = self._call(path, lambda: client.get_perms(_b(path))) or []
+        return int(perms[0][1:]) if perms else None
+
+    def write(self, path: str, value: bytes) -> None:
+        client = self._active
+        if value:
+            self._call(path, lambda: client.write(_b(path), value))
+        else:
+            self._call(path, lambda: _write_empty(client, _b(path)))
+
+    def set_perms(self, path: str, perms: Iterable[str]) -> None:
+        client = self._active
+        encoded = [_b(p) for p in perms]
+        self._call(path, lambda: client.set_perms(_b(path), encoded))
+
+    def remove(self, path: str) -> None:
+        """Remove ``path`` and everything below it; absent is fine."""
+        client = self._active
+        self._call(path, lambda: client.delete(_b(path)))
+
+    def write_dir(self, path: str, nodes: Mapping[str, bytes],
+                  perms: Iterable[str] | None = None) -> None:
+        """Write children of ``path`` in order; ``perms`` go on the directory first, and
+        children created after it inherit them (xenstored copies a parent's perms)."""
+        if perms is not None:
+            self.write(path, b"")
+            self.set_perms(path, perms)
+        for key, value in nodes.items():
+            self.write(f"{path}/{key}", value)
+
+    # Transactions.
+
+    def transact(self, fn: Callable[[Xenstore], T]) -> T:
+        """Run ``fn(self)`` in a transaction, all over again while xenstored says EAGAIN
+        (at most TRANSACTION_ATTEMPTS times, with a jittered exponential backoff)."""
+        if self._tx is not None:
+            raise XenstoreError("already in a transaction: transact() does not nest")
+        conflict: _Retry | None = None
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+            try:
+                return self._attempt(fn)
+            except _Retry as e:
+                conflict = e
+            if attempt < TRANSACTION_ATTEMPTS:
+                time.sleep(backoff_delay(attempt))
+        raise XenstoreError(f"transaction still conflicting after {TRANSACTION_ATTEMPTS} "
+                            "attempts") from conflict
+
+    def _attempt(self, fn: Callable[[Xenstore], T]) -> T:
+        # A fresh client per transaction (pyxs keeps the transaction id in its client): a
+        # transaction that ends badly cannot leave its id behind for what comes next.
+        tx = pyxs.Client(router=self._router)
+        self._call("(transaction start)", tx.transaction)
+        self._tx = tx
+        try:
+            result = fn(self)
+        except BaseException:
+            self._tx = None
+            # If this fails, the transaction is gone already (or the connection is); the
+            # client that held its id is dropped either way.
+            with contextlib.suppress(PyXSError):
+                tx.rollback()
+            raise
+        self._tx = None
+        try:
+            committed = tx.commit()
+        except PyXSError as e:
+            raise XenstoreError(f"transaction commit failed: {e}") from e
+        if not committed:
+            raise _Retry
+        return result
+
+    # Watches.
+
+    def watch(self, path: str, token: str) -> None:
+        try:
+            if self._monitor is None:
+                self._monitor = self._client.monitor()
+            self._monitor.watch(_b(path), _b(token))
+        except PyXSError as e:
+            raise XenstoreError(f"cannot watch: {e}", path=path) from e
+
+    def unwatch(self, path: str, token: str) -> None:
+        monitor = self._monitor
+        if monitor is not None:
+            self._call(path, lambda: monitor.unwatch(_b(path), _b(token)))
+
+    def next_event(self, timeout: float | None = None) -> tuple[str, str] | None:
+        """The next watch event as (path, token); None when ``timeout`` passes first."""
+        if self._monitor is None:
+            raise XenstoreError("no watch registered: call watch() first")
+        event = _next_watch_event(self._monitor, timeout)
+        if event is None:
+            return None
+        path, token = event
+        return _text(path), _text(token)
+
+    def next_batch(self, timeout: float | None = None) -> list[tuple[str, str]]:
+        """The next watch event and all already queued behind it, each distinct event once;
+        empty when ``timeout`` passes first. A commit fires one event per node it wrote: a
+        reader that acts once per batch does not redo its work for every node."""
+        first = self.next_event(timeout)
+        if first is None:
+            return []
+        batch = {first: None}
+        while (more := self.next_event(timeout=0)) is not None:
+            batch[more] = None
+        return list(batch)
+
+    def event_batches(self) -> Iterator[list[tuple[str, str]]]:
+        """Batches of watch events (see ``next_batch``), forever."""
+        while batch := self.next_batch():
+            yield batch

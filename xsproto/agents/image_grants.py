@@ -1,0 +1,41 @@
+"""The grant on each side of a save/restore or migration, read from or applied to a live
+host (the rules themselves are in ``xsproto.carrying``)."""
+
+from __future__ import annotations
+
+import logging
+
+from xsproto import carrying, logs, paths
+from xsproto.adapters import xenstore_records
+from xsproto.adapters.hypervisor import Hypervisor
+from xsproto.adapters.xenstore import Xenstore
+from xsproto.grant import Grant
+from xsproto.records import DecisionRecord
+
+log = logging.getLogger("xsproto.image_grants")
+
+
+def read_grant(xs: Xenstore, hv: Hypervisor, domid: int) -> Grant | None:
+    """The checked grant of a live domain (see ``carrying.check_grant``)."""
+    return carrying.check_grant(xenstore_records.read_decision(xs, domid), hv.domain(domid))
+
+
+def apply_grant(xs: Xenstore, hv: Hypervisor, domid: int, grant: Grant) -> DecisionRecord:
+    """Raise a new domain's limit from its own base and republish the grant for it.
+
+    ``grant.base_pages`` is the limit libxl set for the new domain, never a limit already
+    raised: applying twice gives the same result.
+    """
+    record = carrying.restored(grant)
+    hv.set_max_pages(domid, record.max_pages)
+    where = paths.decision_dir(domid)
+    perms = paths.decision_permissions(xenstore_records.dm_domid_of(xs, domid))
+
+    def publish(t: Xenstore) -> None:
+        t.remove(where)
+        t.write_dir(where, record.to_nodes(), perms)
+
+    xs.transact(publish)
+    logs.event(log, "grant-restored", domid=domid, path=where, base_pages=grant.base_pages,
+               granted_pages=grant.granted_pages, max_pages=record.max_pages)
+    return record

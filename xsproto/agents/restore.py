@@ -1,0 +1,190 @@
+"""``xsproto restore FILE`` and ``xsproto migrate-receive``: feed stock xl, raise the limit in time.
+
+libxl sets a new domain's limit from the config alone (target + 1 MiB, in
+libxl__build_pre) and only then starts reading the libxl stream; xl itself reads just
+the xl header first. So the feeder passes the xl header, holds the rest until the new
+domain exists with libxl's limit set, raises that limit by the negotiated pages and
+republishes the grant, and only then lets the libxc stream (and its pages) through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xsproto import logs
+from xsproto.adapters import xenstore_records, xl
+from xsproto.adapters.hypervisor import Hypervisor
+from xsproto.adapters.xenstore import Xenstore
+from xsproto.agents.image_grants import apply_grant
+from xsproto.errors import HypervisorError, ImageError, XsprotoError
+from xsproto.exitcodes import Exit
+from xsproto.grant import Grant
+from xsproto.stream.reader import Readable, write_all
+from xsproto.stream.relay import image_errors_from, relay_body
+from xsproto.stream.walk import ImageHead, read_head
+
+log = logging.getLogger("xsproto.restore")
+
+HOLD_TIMEOUT = 60.0
+"""Seconds to wait for libxl to create the new domain and set its limit."""
+POLL_INTERVAL = 0.01
+STDIN_PATH = "/proc/self/fd/0"
+"""How xl restore opens the pipe we feed (dom0 may have no /dev/stdin)."""
+
+
+def run_restore(file: Path, xl_options: list[str], *, xenstore: str | None) -> int:
+    """``xsproto restore FILE [xl restore flags]``."""
+    try:
+        flags, _ = xl.split_options(xl_options, verb="restore")
+    except xl.UsageError as e:
+        print(f"xsproto restore: {e}", file=sys.stderr)
+        return Exit.USAGE
+    try:
+        src = open(file, "rb")  # noqa: SIM115 (closed below, after the feed)
+    except OSError as e:
+        raise XsprotoError(f"{file}: cannot open: {e.strerror or e}") from e
+    with src, image_errors_from(file):
+        head = read_head(src)  # a bad header fails here, before xl creates anything
+        result = restore_with(src, Receiver("restore", [*flags, STDIN_PATH], incoming=False),
+                              head=head, xenstore=xenstore, total=_size(src.fileno()))
+    logs.event(log, "restored", path=str(file), domid=result.domid,
+               granted_pages=result.granted_pages, max_pages=result.max_pages)
+    return Exit.OK
+
+
+def run_receive(flags: list[str], *, xenstore: str | None) -> int:
+    """``xsproto migrate-receive [-e] [-p] [-d]``: the stream is stdin."""
+    # xl sends its banner first and the sender waits for it: start xl, then read.
+    with image_errors_from("migration stream"):
+        result = restore_with(sys.stdin.buffer,
+                              Receiver("migrate-receive", flags, incoming=True),
+                              head=None, xenstore=xenstore)
+    logs.event(log, "received", domid=result.domid, granted_pages=result.granted_pages,
+               max_pages=result.max_pages)
+    return Exit.OK
+
+
+def _size(fd: int) -> int | None:
+    """The image's size for progress lines, if it is a regular file."""
+    st = os.fstat(fd)
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """Which xl command receives the image, and what it names the new domain meanwhile."""
+
+    verb: str
+    args: list[str]
+    incoming: bool
+
+    def domain_name(self, config_name: str) -> str:
+        return config_name + xl.INCOMING_SUFFIX if self.incoming else config_name
+
+
+@dataclass(frozen=True)
+class Restored:
+    """The outcome: the new domain's id and limit when a grant was applied."""
+
+    domid: int | None
+    granted_pages: int
+    max_pages: int | None
+
+
+def restore_with(src: Readable, receiver: Receiver, *, head: ImageHead | None,
+                 xenstore: str | None, total: int | None = None) -> Restored:
+    """Feed an image to ``xl VERB``; on any failure destroy what xl may have left."""
+    hv = Hypervisor()
+    with Xenstore(xenstore) as xs:
+        before = set(hv.domids())
+        proc = xl.start(receiver.verb, receiver.args, feed=True)
+        restoring = Restoring(proc, receiver, hv, xs, before)
+        assert proc.stdin is not None  # feed=True
+        try:
+            try:
+                restored = restoring.feed(src, read_head(src) if head is None else head,
+                                          total=total)
+                proc.stdin.close()
+            except BrokenPipeError as e:  # xl gave up reading: its status says why
+                raise xl.XlFailed(receiver.verb, proc.wait()) from e
+            if status := proc.wait():
+                raise xl.XlFailed(receiver.verb, status)
+            return restored
+        except BaseException:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            proc.wait()
+            restoring.clean_up()
+            raise
+
+
+@dataclass
+class Restoring:
+    """One restore in progress: the xl process being fed, and what it may leave behind."""
+
+    proc: xl.Process
+    receiver: Receiver
+    hv: Hypervisor
+    xs: Xenstore
+    before: set[int]
+    """Domains that existed before xl started: never ours to destroy."""
+    names: set[str] = field(default_factory=set)
+    """Names the new domain may have: what a failed restore leaves is found by them."""
+
+    def feed(self, src: Readable, head: ImageHead, *, total: int | None = None) -> Restored:
+        """Pass the xl header, apply the carried grant once libxl set the new domain's
+        limit, then let the libxl/libxc stream through."""
+        assert self.proc.stdin is not None
+        record = head.record
+        config_name = head.name
+        if config_name is not None:
+            self.names |= {config_name, self.receiver.domain_name(config_name)}
+        write_all(self.proc.stdin, head.raw)
+        restored = Restored(None, 0, None)
+        if record is not None and record.granted_pages:
+            if config_name is None:
+                raise ImageError("image carries negotiated pages but no domain config")
+            domid, base = self.await_new_domain(self.receiver.domain_name(config_name))
+            applied = apply_grant(self.xs, self.hv, domid,
+                                  Grant(base, record.grant.granted_pages))
+            restored = Restored(domid, record.granted_pages, applied.max_pages)
+        relay_body(src, self.proc.stdin, offset=len(head.raw), what=self.receiver.verb,
+                   total=total)
+        return restored
+
+    def await_new_domain(self, name: str) -> tuple[int, int]:
+        """(domid, libxl's limit in pages) of the domain xl is creating, once it is set."""
+        deadline = time.monotonic() + HOLD_TIMEOUT
+        while True:
+            for domid in self.new_domains([name]):
+                info = self.hv.domain(domid)
+                if info.exists and info.max_pages:
+                    logs.event(log, "new-domain", domid=domid, domain=name,
+                               base_pages=info.max_pages)
+                    return domid, info.max_pages
+            if (status := self.proc.poll()) is not None:
+                raise xl.XlFailed(self.receiver.verb, status)
+            if time.monotonic() > deadline:
+                raise HypervisorError(f"no new domain named {name!r} with its limit set "
+                                      f"after {HOLD_TIMEOUT:g} s")
+            time.sleep(POLL_INTERVAL)
+
+    def new_domains(self, names: Iterable[str]) -> list[int]:
+        """Domains created since xl started whose xenstore name is one of ``names``."""
+        wanted = set(names)
+        return [d for d in self.hv.domids() if d not in self.before
+                and xenstore_records.domain_name(self.xs, d) in wanted]
+
+    def clean_up(self) -> None:
+        """Destroy domains xl created and left behind (libxl also removes their grant)."""
+        for domid in self.new_domains(self.names):
+            logs.event(log, "destroy-leftover", level=logging.WARNING, domid=domid)
+            xl.destroy(domid)
