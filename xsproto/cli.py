@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-from xsproto import __version__, logs
+from xsproto import __version__
 from xsproto.errors import XsprotoError
 from xsproto.exitcodes import Exit
-from xsproto.negotiation import DEFAULT_TIMEOUT
+from xsproto.values import DEFAULT_TIMEOUT
 
 RECEIVE_FLAGS = {"-e": "do not wait in the background for the domain's death",
                  "-p": "leave the domain paused", "-d": "debug (verification pass)"}
@@ -59,13 +58,17 @@ def _status(a: argparse.Namespace) -> int:
 
 
 def _save(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from xsproto.agents import save
-    return save.run(a.domain, a.file, a.xl_options, xenstore=a.xenstore)
+    return save.run(a.domain, Path(a.file), a.xl_options, xenstore=a.xenstore)
 
 
 def _restore(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from xsproto.agents import restore
-    return restore.run_restore(a.file, a.xl_options, xenstore=a.xenstore)
+    return restore.run_restore(Path(a.file), a.xl_options, xenstore=a.xenstore)
 
 
 def _receive(a: argparse.Namespace) -> int:
@@ -139,7 +142,7 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="Run stock 'xl save' through a pipe, add the domain's negotiated pages "
                     "to the image's xl header, and write FILE atomically.")
     p.add_argument("domain", help="domain name or id")
-    p.add_argument("file", type=Path, help="image to write (replaced only on success)")
+    p.add_argument("file", help="image to write (replaced only on success)")
     p.add_argument("xl_options", nargs=argparse.REMAINDER, metavar="XL_SAVE_OPTIONS",
                    help="passed to xl save (e.g. -c, -p, -D, or a config file)")
     p.set_defaults(run=_save)
@@ -148,7 +151,7 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "restore", help="xl restore, applying the image's negotiated pages in time",
         description="Feed FILE to stock 'xl restore', raising the new domain's limit by the "
                     "negotiated pages before the memory stream starts.")
-    p.add_argument("file", type=Path, help="image written by xl save or xsproto save")
+    p.add_argument("file", help="image written by xl save or xsproto save")
     p.add_argument("xl_options", nargs=argparse.REMAINDER, metavar="XL_RESTORE_OPTIONS",
                    help="flags passed to xl restore (e.g. -p, -e, -d)")
     p.set_defaults(run=_restore)
@@ -193,9 +196,9 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                        description="Show the xl header, the domain config summary, the "
                                    "xsproto record and every libxl/libxc record with its "
                                    "size, without keeping page data in memory.")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", help="image file")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p.set_defaults(run=_inspect)
+    p.set_defaults(run=_inspect, logs=False)  # it logs nothing: spare the import
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(args.log_level)
+    if getattr(args, "logs", True):  # after parsing: --help needs no logging
+        from xsproto import logs
+        logs.configure(args.log_level)
     run: Run = args.run
     try:
         return run(args)

@@ -6,6 +6,9 @@ value and where it came from (a xenstore path, a domain id, an image offset).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class XsprotoError(Exception):
     """Base of every error xsproto raises on purpose."""
@@ -57,3 +60,13 @@ class ImageError(XsprotoError):
         self.offset = offset
         super().__init__(f"at byte {offset}: {message}" if offset is not None else message)
 
+
+@contextlib.contextmanager
+def image_errors_from(where: object) -> Iterator[None]:
+    """Prefix image errors with the file or stream they come from (the offset is kept)."""
+    try:
+        yield
+    except ImageError as e:
+        named = ImageError(f"{where}: {e}")
+        named.offset = e.offset
+        raise named from e

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Final
 
 from xsproto import paths
 from xsproto.errors import NegotiationTimeout, ProtocolError, RequestRejected
@@ -23,10 +22,7 @@ from xsproto.records import (
     Request,
     UnsupportedVersion,
 )
-from xsproto.values import DECISION_REASON_MAX_BYTES, PAGES_MAX, parse_request_id
-
-DEFAULT_TIMEOUT: Final = 30.0
-"""Seconds a device model waits for a decision."""
+from xsproto.values import DECISION_REASON_MAX_BYTES, DEFAULT_TIMEOUT, PAGES_MAX, parse_request_id
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ PAGES_MAX: Final = 2**32 - 1
 """Xen keeps a domain's max_pages in a 32-bit unsigned int."""
 
 REQUEST_ID_MAX: Final = 2**63 - 1
+DEFAULT_TIMEOUT: Final = 30.0
+"""Seconds a device model waits for a decision unless told otherwise."""
 REASON_MAX_BYTES: Final = 128
 DECISION_REASON_MAX_BYTES: Final = 256
 

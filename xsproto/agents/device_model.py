@@ -18,9 +18,9 @@ from xsproto.adapters import xenstore_records
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import NegotiationTimeout, ProtocolError, RequestRejected
 from xsproto.exitcodes import Exit
-from xsproto.negotiation import DEFAULT_TIMEOUT, DeviceModelSide
+from xsproto.negotiation import DeviceModelSide
 from xsproto.records import DecisionRecord, RejectCode
-from xsproto.values import parse_domid, parse_request_id
+from xsproto.values import DEFAULT_TIMEOUT, parse_domid, parse_request_id
 
 DECISION_TOKEN = "xsproto-decision"
 

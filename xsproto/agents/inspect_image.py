@@ -7,17 +7,15 @@ headers are kept, so a multi-gigabyte image is inspected in constant memory.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from xsproto.errors import XsprotoError
+from xsproto.errors import XsprotoError, image_errors_from
 from xsproto.exitcodes import Exit
 from xsproto.stream import ImageSummary, summarize
-from xsproto.stream.relay import image_errors_from
 from xsproto.stream.xl_header import MANDATORY_FLAG_JSON, MANDATORY_FLAG_STREAMV2
 
 
-def run(file: Path, *, as_json: bool) -> int:
+def run(file: str, *, as_json: bool) -> int:
     """``xsproto inspect-image``."""
     try:
         with open(file, "rb") as src, image_errors_from(file):

@@ -20,10 +20,11 @@ from xsproto.adapters import xl
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.agents.image_grants import read_grant
+from xsproto.errors import image_errors_from
 from xsproto.exitcodes import Exit
 from xsproto.grant import Grant
 from xsproto.stream.reader import Readable
-from xsproto.stream.relay import add_grant, image_errors_from
+from xsproto.stream.relay import add_grant
 
 log = logging.getLogger("xsproto.migrate")
 

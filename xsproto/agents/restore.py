@@ -24,11 +24,11 @@ from xsproto.adapters import xenstore_records, xl
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.agents.image_grants import apply_grant
-from xsproto.errors import HypervisorError, ImageError, XsprotoError
+from xsproto.errors import HypervisorError, ImageError, XsprotoError, image_errors_from
 from xsproto.exitcodes import Exit
 from xsproto.grant import Grant
 from xsproto.stream.reader import Readable, write_all
-from xsproto.stream.relay import image_errors_from, relay_body
+from xsproto.stream.relay import relay_body
 from xsproto.stream.walk import ImageHead, read_head
 
 log = logging.getLogger("xsproto.restore")

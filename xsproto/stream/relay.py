@@ -10,10 +10,9 @@ follows the libxl END record (xl's migration handshake) is copied without parsin
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from xsproto import logs
@@ -32,17 +31,6 @@ RELAY_CHUNK = 1 << 20
 overhead per read vanishes next to the copy, even on the lab's emulated CPU."""
 PROGRESS_INTERVAL = 2.0
 """Seconds between progress lines on stderr."""
-
-
-@contextlib.contextmanager
-def image_errors_from(where: object) -> Iterator[None]:
-    """Prefix image errors with the file or stream they come from (the offset is kept)."""
-    try:
-        yield
-    except ImageError as e:
-        named = ImageError(f"{where}: {e}")
-        named.offset = e.offset
-        raise named from e
 
 
 class _Tee:
