@@ -10,7 +10,7 @@ issue 955 raised maxmem on every migration by adding to the current limit).
 
 from __future__ import annotations
 
-from xsproto import paths
+from xsproto import paths, records
 from xsproto.errors import HypervisorError, ProtocolError
 from xsproto.grant import Grant
 from xsproto.negotiation import DomainInfo
@@ -34,7 +34,7 @@ def check_grant(decision: DecisionRecord | None, domain: DomainInfo) -> Grant | 
         return None
     if decision.state is DecisionState.APPLYING:
         raise ProtocolError("negotiation still applying; retry once it is decided",
-                            path=f"{where}/{paths.STATE}")
+                            path=f"{where}/{records.STATE}")
     grant = decision.grant
     if domain.max_pages != grant.max_pages:
         raise HypervisorError(

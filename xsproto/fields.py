@@ -282,9 +282,13 @@ class _Spec(NamedTuple):
     default: object
 
 
+def specs(cls: type[DataclassInstance]) -> tuple[_Spec, ...]:
+    """Each field's rule and JSON key (in declaration order), read once per class."""
+    return _specs_of(cls)
+
+
 @functools.cache
-def _specs(cls: type[DataclassInstance]) -> tuple[_Spec, ...]:
-    """Each field's rule and JSON key, read once per class from its annotations."""
+def _specs_of(cls: type[DataclassInstance]) -> tuple[_Spec, ...]:
     hints = typing.get_type_hints(cls, include_extras=True)
     specs = []
     for field in dataclasses.fields(cls):
@@ -301,7 +305,7 @@ def _specs(cls: type[DataclassInstance]) -> tuple[_Spec, ...]:
 
 def check(obj: DataclassInstance) -> None:
     """Refuse an instance any of whose fields breaks its rule (call in __post_init__)."""
-    for spec in _specs(type(obj)):
+    for spec in specs(type(obj)):
         problem = spec.rule.problem(getattr(obj, spec.name))
         if problem is not None:
             raise FieldError(f"{type(obj).__name__}.{spec.name}", problem)
@@ -315,13 +319,13 @@ def load(cls: type[D], data: object, path: str = "") -> D:
     """
     if not isinstance(data, dict):
         raise FieldError(path, f"must be an object, not {_show(data)}")
-    specs = _specs(cls)
-    known = {spec.key for spec in specs}
+    declared = specs(cls)
+    known = {spec.key for spec in declared}
     for key in data:
         if key not in known:
             raise FieldError(_join(path, key), "unknown key")
     values = {}
-    for spec in specs:
+    for spec in declared:
         if spec.key in data:
             values[spec.name] = spec.rule.load(data[spec.key], _join(path, spec.key))
         elif spec.default is dataclasses.MISSING:
@@ -334,7 +338,7 @@ def load(cls: type[D], data: object, path: str = "") -> D:
 
 def dump(obj: DataclassInstance) -> dict[str, object]:
     """The JSON form of an instance (every field, keys as published)."""
-    return {spec.key: spec.rule.dump(getattr(obj, spec.name)) for spec in _specs(type(obj))}
+    return {spec.key: spec.rule.dump(getattr(obj, spec.name)) for spec in specs(type(obj))}
 
 
 def schema(cls: type[DataclassInstance]) -> dict[str, object]:
@@ -347,9 +351,9 @@ def schema(cls: type[DataclassInstance]) -> dict[str, object]:
 
 
 def _object_schema(cls: type[DataclassInstance], defs: dict[str, object]) -> dict[str, object]:
-    specs = _specs(cls)
+    declared = specs(cls)
     properties: dict[str, object] = {}
-    for spec in specs:
+    for spec in declared:
         properties[spec.key] = prop = spec.rule.schema(defs)
         if spec.default is not dataclasses.MISSING:
             prop["default"] = spec.rule.dump(spec.default)
@@ -359,7 +363,7 @@ def _object_schema(cls: type[DataclassInstance], defs: dict[str, object]) -> dic
         "properties": properties,
         "additionalProperties": False,
     }
-    required = [spec.key for spec in specs if spec.default is dataclasses.MISSING]
+    required = [spec.key for spec in declared if spec.default is dataclasses.MISSING]
     if required:
         out["required"] = required
     if cls.__doc__:

@@ -8,17 +8,16 @@ spurious watch events, restarts and racing watchers cannot raise it twice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from xsproto import paths
+from xsproto import paths, records
 from xsproto.errors import NegotiationTimeout, ProtocolError, RequestRejected
-from xsproto.policy import Policy, RateLimiter
+from xsproto.policy import Limits, Policy, RateLimiter
 from xsproto.records import (
     DecisionRecord,
     DecisionState,
-    RejectCode,
     Request,
     UnsupportedVersion,
 )
@@ -44,12 +43,29 @@ class HostInfo:
     """Sum of granted-pages recorded for every domain other than D."""
 
 
+class RejectCode(StrEnum):
+    """Why the toolstack refused a request, in the order the checks run (``RULES``)."""
+
+    BAD_VERSION = "bad-version"
+    BAD_VALUE = "bad-value"
+    WRONG_WRITER = "wrong-writer"
+    NO_SUCH_DOMAIN = "no-such-domain"
+    DYING = "dying"
+    PRIVILEGED = "privileged"
+    OVER_DOMAIN_CAP = "over-domain-cap"
+    OVER_HOST_BUDGET = "over-host-budget"
+    RATE_LIMITED = "rate-limited"
+
+
 @dataclass(frozen=True)
 class Apply:
-    """Write ``record`` (state applying), set D's max_pages to ``target``, then ``finish``."""
+    """Write ``record`` (state applying), set D's max_pages to ``target``, then ``finish``;
+    once the granted record is committed, charge D's rate bucket with ``charge`` (the
+    bucket's next arrival time; None when the limit does not go up)."""
 
     record: DecisionRecord
     target: int
+    charge: float | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,140 @@ class Ignore:
 Decision = Apply | Reject | Ignore
 
 
+@dataclass(frozen=True)
+class Asked:
+    """A well-formed request and everything the rules judge it by."""
+
+    request: Request
+    where: str
+    """The request directory."""
+    owner: int
+    dm_domid: int
+    domain: DomainInfo
+    current: DecisionRecord | None
+    host: HostInfo
+    policy: Policy
+    limits: Limits
+    limiter: RateLimiter
+    now: float
+
+    @property
+    def base(self) -> int:
+        """The limit the grant sits on: recorded once, from Xen's limit before any grant."""
+        return self.current.base_pages if self.current else self.domain.max_pages
+
+    @property
+    def target(self) -> int:
+        """Xen's limit to set. Lowering stops at the pages D holds: Xen cannot take
+        populated pages back."""
+        return max(self.base + self.request.pages, self.domain.tot_pages)
+
+    @property
+    def increase(self) -> int:
+        """How far Xen's live limit goes up (after ``xl mem-max`` it is below the record)."""
+        return self.target - self.domain.max_pages
+
+    @property
+    def charge(self) -> float | None:
+        """D's bucket's next arrival time if one more increase is allowed now, else None."""
+        return self.limiter.next_arrival(self.domain.domid, self.now, self.limits.rate)
+
+    def path(self, key: str) -> str:
+        return f"{self.where}/{key}"
+
+
+def _written_by_the_device_model(a: Asked) -> str | None:
+    if a.owner != a.dm_domid:
+        return (f"{a.path(records.REQUEST_ID)}: owned by domain {a.owner}, "
+                f"expected {a.dm_domid}")
+    return None
+
+
+def _not_its_own_device_model(a: Asked) -> str | None:
+    d = a.domain.domid
+    return f"{a.where}: domain {d} is its own device model" if a.dm_domid == d else None
+
+
+def _exists(a: Asked) -> str | None:
+    return None if a.domain.exists else f"domain {a.domain.domid} does not exist"
+
+
+def _alive(a: Asked) -> str | None:
+    return f"domain {a.domain.domid} is dying" if a.domain.dying else None
+
+
+def _unprivileged(a: Asked) -> str | None:
+    return "domain 0 is never given extra pages" if a.domain.domid == 0 else None
+
+
+def _within_cap(a: Asked) -> str | None:
+    cap, d = a.limits.cap_pages, a.domain.domid
+    if a.request.pages > cap:
+        return f"{a.path(records.PAGES)}: {a.request.pages} > cap {cap} for domain {d}"
+    if a.target - a.base > cap:
+        return (f"{a.path(records.PAGES)}: {a.request.pages}: domain {d} has "
+                f"{a.domain.tot_pages - a.base} pages in use above base {a.base}, "
+                f"> cap {cap}")
+    return None
+
+
+def _within_xen(a: Asked) -> str | None:
+    if a.base + a.request.pages > PAGES_MAX:
+        return (f"{a.path(records.PAGES)}: base {a.base} + {a.request.pages} exceeds "
+                f"Xen's {PAGES_MAX}")
+    return None
+
+
+def _within_budget(a: Asked) -> str | None:
+    total = a.host.granted_elsewhere + a.target - a.base
+    if a.increase > 0 and total > a.policy.host_budget_pages:
+        return (f"{a.path(records.PAGES)}: {a.request.pages}: host total {total}"
+                f" > budget {a.policy.host_budget_pages}")
+    return None
+
+
+def _within_free_memory(a: Asked) -> str | None:
+    reserve = a.policy.free_reserve_pages
+    if a.increase > 0 and a.increase > a.host.free_pages - reserve:
+        return (f"{a.path(records.PAGES)}: {a.request.pages}: increase {a.increase} > "
+                f"free {a.host.free_pages} - reserve {reserve}")
+    return None
+
+
+def _within_rate(a: Asked) -> str | None:
+    rate = a.limits.rate
+    if a.increase > 0 and a.charge is None:
+        return (f"{a.path(records.REQUEST_ID)}: {a.request.request_id}: more than"
+                f" {rate.burst} increases per {rate.refill_seconds:g} s")
+    return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One check: ``check`` returns why the request fails it (None: it passes)."""
+
+    code: RejectCode
+    check: Callable[[Asked], str | None]
+    forgets: bool = False
+    """The domain is gone: its nodes are removed instead of a rejection recorded."""
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(RejectCode.WRONG_WRITER, _written_by_the_device_model),
+    Rule(RejectCode.WRONG_WRITER, _not_its_own_device_model),
+    Rule(RejectCode.NO_SUCH_DOMAIN, _exists, forgets=True),
+    Rule(RejectCode.DYING, _alive, forgets=True),
+    Rule(RejectCode.PRIVILEGED, _unprivileged),
+    Rule(RejectCode.OVER_DOMAIN_CAP, _within_cap),
+    Rule(RejectCode.OVER_DOMAIN_CAP, _within_xen),
+    Rule(RejectCode.OVER_HOST_BUDGET, _within_budget),
+    Rule(RejectCode.OVER_HOST_BUDGET, _within_free_memory),
+    Rule(RejectCode.RATE_LIMITED, _within_rate),
+)
+"""The checks of a well-formed request, in the order the spec gives (docs/protocol.md);
+the first that fails decides. A new rule is one function and one row here."""
+
+
 def decide(
     nodes: Mapping[str, bytes],
     *,
@@ -86,7 +236,8 @@ def decide(
     limiter: RateLimiter,
     now: float,
 ) -> Decision:
-    """Answer the request in ``nodes`` (the request directory's children).
+    """Answer the request in ``nodes`` (the request directory's children). Pure: nothing
+    is changed, the rate charge included (``Apply.charge``).
 
     ``owner`` is the owner domid in the request-id node's permissions. A pending
     ``applying`` record is finished first (``recover``); call again once it is done.
@@ -95,11 +246,11 @@ def decide(
         return recover(current, domain)
     where = paths.request_dir(dm_domid, domain.domid)
     last = current.request_id if current else 0
-    raw_id = nodes.get(paths.REQUEST_ID)
+    raw_id = nodes.get(records.REQUEST_ID)
     if raw_id is None:
         return Ignore("no request-id: nothing asked yet")
     try:
-        answer_id = parse_request_id(raw_id, path=f"{where}/{paths.REQUEST_ID}")
+        answer_id = parse_request_id(raw_id, path=f"{where}/{records.REQUEST_ID}")
     except ProtocolError:
         answer_id = last  # unreadable id: the rejection keeps the last decided one
     else:
@@ -118,68 +269,19 @@ def decide(
         return reject(RejectCode.BAD_VERSION, str(err))
     except ProtocolError as err:
         return reject(RejectCode.BAD_VALUE, str(err))
-    d = domain.domid
-    if owner != dm_domid:
-        return reject(
-            RejectCode.WRONG_WRITER,
-            f"{where}/{paths.REQUEST_ID}: owned by domain {owner}, expected {dm_domid}",
-        )
-    if dm_domid == d:
-        return reject(RejectCode.WRONG_WRITER, f"{where}: domain {d} is its own device model")
-    if not domain.exists:
-        return Reject(RejectCode.NO_SUCH_DOMAIN, f"domain {d} does not exist", None)
-    if domain.dying:
-        return Reject(RejectCode.DYING, f"domain {d} is dying", None)
-    if d == 0:
-        return reject(RejectCode.PRIVILEGED, "domain 0 is never given extra pages")
-
-    limits = policy.limits_for(d, domain.name)
-    base = current.base_pages if current else domain.max_pages
-    granted = current.granted_pages if current else 0
-    pages_path = f"{where}/{paths.PAGES}"
-    if request.pages > limits.cap_pages:
-        return reject(
-            RejectCode.OVER_DOMAIN_CAP,
-            f"{pages_path}: {request.pages} > cap {limits.cap_pages} for domain {d}",
-        )
-    if base + request.pages > PAGES_MAX:
-        return reject(
-            RejectCode.OVER_DOMAIN_CAP,
-            f"{pages_path}: base {base} + {request.pages} exceeds Xen's {PAGES_MAX}",
-        )
-    # Lowering stops at the pages D holds now; Xen cannot take populated pages back.
-    target = max(base + request.pages, domain.tot_pages)
-    new_granted = target - base
-    increase = new_granted - granted
-    if increase > 0:
-        total = host.granted_elsewhere + new_granted
-        if total > policy.host_budget_pages:
-            return reject(
-                RejectCode.OVER_HOST_BUDGET,
-                f"{pages_path}: {request.pages}: host total {total}"
-                f" > budget {policy.host_budget_pages}",
-            )
-        spare = host.free_pages - policy.free_reserve_pages
-        if increase > spare:
-            return reject(
-                RejectCode.OVER_HOST_BUDGET,
-                f"{pages_path}: {request.pages}: increase {increase} > free {host.free_pages}"
-                f" - reserve {policy.free_reserve_pages}",
-            )
-        if not limiter.allow(d, now, limits.rate):
-            return reject(
-                RejectCode.RATE_LIMITED,
-                f"{where}/{paths.REQUEST_ID}: {request.request_id}: more than"
-                f" {limits.rate.burst} increases per {limits.rate.refill_seconds:g} s",
-            )
+    asked = Asked(request, where, owner, dm_domid, domain, current, host, policy,
+                  policy.limits_for(domain.domid, domain.name), limiter, now)
+    for rule in RULES:
+        if (detail := rule.check(asked)) is not None:
+            return Reject(rule.code, detail, None) if rule.forgets else reject(rule.code, detail)
     record = DecisionRecord(
         state=DecisionState.APPLYING,
         request_id=request.request_id,
-        base_pages=base,
-        granted_pages=new_granted,
-        max_pages=target,
+        base_pages=asked.base,
+        granted_pages=asked.target - asked.base,
+        max_pages=asked.target,
     )
-    return Apply(record, target)
+    return Apply(record, asked.target, asked.charge if asked.increase > 0 else None)
 
 
 def _rejection(
@@ -243,7 +345,7 @@ class DeviceModelSide:
     deadline: float = 0.0
     granted_pages: int = 0
     """Extra pages in force according to the last decision seen."""
-    rejection: tuple[RejectCode, str] | None = None
+    rejection: tuple[str, str] | None = None
 
     def ask(
         self,

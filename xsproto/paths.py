@@ -1,4 +1,4 @@
-"""The xenstore layout of the protocol: path builders and a strict path parser.
+"""The xenstore layout of the protocol: every path xsproto uses, built and parsed here.
 
 Requests live in the device model's own area (writable by a deprivileged or stubdom
 device model); decisions live under /libxl, which only dom0 can write.
@@ -6,6 +6,7 @@ device model); decisions live under /libxl, which only dom0 can write.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -20,33 +21,9 @@ OWN_DOMID: Final = "domid"
 """Relative: a connection's own domain id, as xenstored resolves relative paths."""
 RELEASE_DOMAIN: Final = "@releaseDomain"
 INTRODUCE_DOMAIN: Final = "@introduceDomain"
+_KEY: Final = re.compile(r"[a-z][a-z0-9-]*")
 PATH_MAX_BYTES: Final = 3072
 """xenstored's XENSTORE_ABS_PATH_MAX."""
-
-VERSION: Final = "version"
-PAGES: Final = "pages"
-REASON: Final = "reason"
-REQUEST_ID: Final = "request-id"
-STATE: Final = "state"
-ORIGIN: Final = "origin"
-BASE_PAGES: Final = "base-pages"
-GRANTED_PAGES: Final = "granted-pages"
-MAX_PAGES: Final = "max-pages"
-
-REQUEST_KEYS: Final = (VERSION, PAGES, REASON, REQUEST_ID)
-"""Keys of a request, in write order: request-id last."""
-
-DECISION_KEYS: Final = (
-    VERSION,
-    STATE,
-    ORIGIN,
-    REQUEST_ID,
-    BASE_PAGES,
-    GRANTED_PAGES,
-    MAX_PAGES,
-    REASON,
-)
-
 
 def _check_domid(domid: int) -> int:
     if isinstance(domid, bool) or not isinstance(domid, int) or not 0 <= domid <= DOMID_MAX:
@@ -119,10 +96,9 @@ def parse(path: str | bytes) -> RequestPath | DecisionPath:
         raise ProtocolError("path too long", path=path[:64] + "...")
     match _below(path, DOMAINS_ROOT), _below(path, DECISION_ROOT):
         case [m, area, d, leaf, *rest], _ if (area, leaf) == (DEVICE_MODEL, LEAF):
-            key = _key(rest, REQUEST_KEYS, path)
-            return RequestPath(_domid(m, path), _domid(d, path), key)
+            return RequestPath(_domid(m, path), _domid(d, path), _key(rest, path))
         case _, [d, leaf, *rest] if leaf == LEAF:
-            return DecisionPath(_domid(d, path), _key(rest, DECISION_KEYS, path))
+            return DecisionPath(_domid(d, path), _key(rest, path))
     raise ProtocolError("not an xsproto path", path=path)
 
 
@@ -135,10 +111,12 @@ def _domid(part: str, path: str) -> int:
     return parse_domid(part.encode("ascii"), path=path)
 
 
-def _key(rest: list[str], keys: tuple[str, ...], path: str) -> str | None:
+def _key(rest: list[str], path: str) -> str | None:
+    """The key below a record's directory (which keys a record has is ``records``' to
+    say), or None for the directory itself."""
     match rest:
         case []:
             return None
-        case [key] if key in keys:
+        case [key] if _KEY.fullmatch(key):
             return key
-    raise ProtocolError("unknown key", path=path)
+    raise ProtocolError("not a record key", path=path)

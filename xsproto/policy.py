@@ -112,19 +112,24 @@ class Policy:
 class RateLimiter:
     """Per-domain token buckets, kept as GCRA theoretical arrival times (no float drift).
 
-    A bucket starts full; denied attempts cost nothing; time going backwards adds nothing.
+    A bucket starts full; time going backwards adds nothing. Asking is pure
+    (``next_arrival``); only a committed grant spends a token (``charge``), so a denied
+    or abandoned attempt costs nothing.
     """
 
     def __init__(self) -> None:
         self._tat: dict[int, float] = {}
 
-    def allow(self, domid: int, now: float, rate: RateLimit) -> bool:
-        """Take one token from ``domid``'s bucket if there is one."""
+    def next_arrival(self, domid: int, now: float, rate: RateLimit) -> float | None:
+        """The bucket's state after one more increase at ``now``; None if it is empty."""
         tat = max(self._tat.get(domid, now), now)
         if tat - now > (rate.burst - 1) * rate.refill_seconds:
-            return False
-        self._tat[domid] = tat + rate.refill_seconds
-        return True
+            return None
+        return tat + rate.refill_seconds
+
+    def charge(self, domid: int, arrival: float) -> None:
+        """Spend the token ``next_arrival`` found (the grant is committed)."""
+        self._tat[domid] = max(self._tat.get(domid, arrival), arrival)
 
     def forget(self, domid: int) -> None:
         """Drop a dead domain's bucket (a new domain may reuse the id)."""

@@ -8,6 +8,7 @@ rules (xsproto.fields) also give the records' JSON form and published schemas.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -24,28 +25,24 @@ from xsproto.values import (
     REQUEST_ID_MAX,
     format_decimal,
     parse_choice,
-    parse_pages,
-    parse_request_id,
+    parse_decimal,
     parse_text,
     show,
 )
 
+VERSION: Final = "version"
+PAGES: Final = "pages"
+REASON: Final = "reason"
+REQUEST_ID: Final = "request-id"
+STATE: Final = "state"
+ORIGIN: Final = "origin"
+BASE_PAGES: Final = "base-pages"
+GRANTED_PAGES: Final = "granted-pages"
+MAX_PAGES: Final = "max-pages"
+"""The keys other modules name; a record's keys are its fields' (``fields.Key``)."""
+
 PROTOCOL_VERSION: Final = 1
 _VERSION_BYTES: Final = str(PROTOCOL_VERSION).encode("ascii")
-
-
-class RejectCode(StrEnum):
-    """Why the toolstack refused a request, in the order the checks run."""
-
-    BAD_VERSION = "bad-version"
-    BAD_VALUE = "bad-value"
-    WRONG_WRITER = "wrong-writer"
-    NO_SUCH_DOMAIN = "no-such-domain"
-    DYING = "dying"
-    PRIVILEGED = "privileged"
-    OVER_DOMAIN_CAP = "over-domain-cap"
-    OVER_HOST_BUDGET = "over-host-budget"
-    RATE_LIMITED = "rate-limited"
 
 
 class DecisionState(StrEnum):
@@ -68,6 +65,7 @@ class UnsupportedVersion(ProtocolError):
 Version = Annotated[Literal[1], Const(PROTOCOL_VERSION)]
 Pages = Annotated[int, Int(0, PAGES_MAX)]
 _PRINTABLE: Final = r"^[\x20-\x7e]*$"
+_CODE: Final = re.compile(r"[a-z][a-z-]*")
 """Printable ASCII, the grammar of xsproto.values.parse_text."""
 
 T = TypeVar("T")
@@ -82,11 +80,11 @@ def _read(nodes: Mapping[str, bytes], where: str, key: str, parse: Callable[...,
 
 
 def _check_version(nodes: Mapping[str, bytes], where: str) -> None:
-    raw = nodes.get(paths.VERSION)
+    raw = nodes.get(VERSION)
     if raw != _VERSION_BYTES:
         got = "missing" if raw is None else show(raw)
         raise UnsupportedVersion(
-            f"version {got}, expected {PROTOCOL_VERSION}", path=f"{where}/{paths.VERSION}"
+            f"version {got}, expected {PROTOCOL_VERSION}", path=f"{where}/{VERSION}"
         )
 
 
@@ -105,7 +103,7 @@ class Request:
     version: Version = PROTOCOL_VERSION
     pages: Pages
     reason: Annotated[str, Text(max_length=REASON_MAX_BYTES, pattern=_PRINTABLE)] = ""
-    request_id: Annotated[int, Int(1, REQUEST_ID_MAX), Key(paths.REQUEST_ID)]
+    request_id: Annotated[int, Int(1, REQUEST_ID_MAX), Key(REQUEST_ID)]
 
     def __post_init__(self) -> None:
         fields.check(self)
@@ -113,22 +111,11 @@ class Request:
     @classmethod
     def from_nodes(cls, nodes: Mapping[str, bytes], *, where: str = "") -> Request:
         """Parse a request directory; unknown keys are ignored (compatible extensions)."""
-        _check_version(nodes, where)
-        values: dict[str, object] = {
-            "pages": _read(nodes, where, paths.PAGES, parse_pages),
-            "reason": _read(nodes, where, paths.REASON, parse_text),
-            "request_id": _read(nodes, where, paths.REQUEST_ID, parse_request_id),
-        }
-        return _build(cls, values, where)
+        return _from_nodes(cls, nodes, where)
 
     def to_nodes(self) -> dict[str, bytes]:
         """Children to write, request-id last (it is what the watcher acts on)."""
-        return {
-            paths.VERSION: _VERSION_BYTES,
-            paths.PAGES: format_decimal(self.pages),
-            paths.REASON: self.reason.encode("ascii"),
-            paths.REQUEST_ID: format_decimal(self.request_id),
-        }
+        return _to_nodes(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,10 +125,10 @@ class DecisionRecord:
     version: Version = PROTOCOL_VERSION
     state: Annotated[DecisionState, Choice(DecisionState)]
     origin: Annotated[Origin, Choice(Origin)] = Origin.REQUEST
-    request_id: Annotated[int, Int(0, REQUEST_ID_MAX), Key(paths.REQUEST_ID)]
-    base_pages: Annotated[Pages, Key(paths.BASE_PAGES)]
-    granted_pages: Annotated[Pages, Key(paths.GRANTED_PAGES)]
-    max_pages: Annotated[Pages, Key(paths.MAX_PAGES)]
+    request_id: Annotated[int, Int(0, REQUEST_ID_MAX), Key(REQUEST_ID)]
+    base_pages: Annotated[Pages, Key(BASE_PAGES)]
+    granted_pages: Annotated[Pages, Key(GRANTED_PAGES)]
+    max_pages: Annotated[Pages, Key(MAX_PAGES)]
     reason: Annotated[str, Text(max_length=DECISION_REASON_MAX_BYTES, pattern=_PRINTABLE)] = ""
 
     def __post_init__(self) -> None:
@@ -165,48 +152,76 @@ class DecisionRecord:
         return Grant(self.base_pages, self.granted_pages)
 
     @property
-    def rejection(self) -> tuple[RejectCode, str] | None:
-        """(code, detail) parsed from ``reason`` when rejected."""
+    def rejection(self) -> tuple[str, str] | None:
+        """(code, detail) parsed from ``reason`` when rejected. A code is any lower-case
+        word (xsproto.negotiation.RejectCode lists this version's): a device model must
+        accept codes newer watchers add."""
         code, sep, detail = self.reason.partition(": ")
-        if self.state is not DecisionState.REJECTED or not sep:
+        if self.state is not DecisionState.REJECTED or not sep or not _CODE.fullmatch(code):
             return None
-        try:
-            return RejectCode(code), detail
-        except ValueError:
-            return None
+        return code, detail
 
     @classmethod
     def from_nodes(cls, nodes: Mapping[str, bytes], *, where: str = "") -> DecisionRecord:
-        _check_version(nodes, where)
-
-        def text(raw: bytes, *, path: str) -> str:
-            return parse_text(raw, path=path, max_bytes=DECISION_REASON_MAX_BYTES)
-
-        def request_id(raw: bytes, *, path: str) -> int:
-            return parse_request_id(raw, path=path, allow_zero=True)
-
-        def choice(kind: type[StrEnum]) -> Callable[..., StrEnum]:
-            return lambda raw, *, path: parse_choice(raw, kind, path=path)
-
-        values: dict[str, object] = {
-            "state": _read(nodes, where, paths.STATE, choice(DecisionState)),
-            "origin": _read(nodes, where, paths.ORIGIN, choice(Origin)),
-            "request_id": _read(nodes, where, paths.REQUEST_ID, request_id),
-            "base_pages": _read(nodes, where, paths.BASE_PAGES, parse_pages),
-            "granted_pages": _read(nodes, where, paths.GRANTED_PAGES, parse_pages),
-            "max_pages": _read(nodes, where, paths.MAX_PAGES, parse_pages),
-            "reason": _read(nodes, where, paths.REASON, text),
-        }
-        return _build(cls, values, where)
+        return _from_nodes(cls, nodes, where)
 
     def to_nodes(self) -> dict[str, bytes]:
-        return {
-            paths.VERSION: _VERSION_BYTES,
-            paths.STATE: self.state.value.encode("ascii"),
-            paths.ORIGIN: self.origin.value.encode("ascii"),
-            paths.REQUEST_ID: format_decimal(self.request_id),
-            paths.BASE_PAGES: format_decimal(self.base_pages),
-            paths.GRANTED_PAGES: format_decimal(self.granted_pages),
-            paths.MAX_PAGES: format_decimal(self.max_pages),
-            paths.REASON: self.reason.encode("ascii"),
-        }
+        return _to_nodes(self)
+
+
+REQUEST_KEYS: Final = tuple(spec.key for spec in fields.specs(Request))
+"""A request's keys in write order: request-id last."""
+DECISION_KEYS: Final = tuple(spec.key for spec in fields.specs(DecisionRecord))
+
+
+def parse_path(path: str | bytes) -> paths.RequestPath | paths.DecisionPath:
+    """Classify a path (e.g. from a watch event) as a request's or a decision's, down to
+    its key; anything else is a ProtocolError."""
+    where = paths.parse(path)
+    keys = REQUEST_KEYS if isinstance(where, paths.RequestPath) else DECISION_KEYS
+    if where.key is not None and where.key not in keys:
+        raise ProtocolError("unknown key", path=str(path))
+    return where
+
+
+def _node_value(rule: fields.Rule, raw: bytes, path: str) -> object:
+    """One node's value, parsed by the strict grammar (xsproto.values) of its rule."""
+    if isinstance(rule, Int):
+        return parse_decimal(raw, path=path, lo=rule.lo, hi=rule.hi)
+    if isinstance(rule, Text):
+        return parse_text(raw, path=path, max_bytes=rule.max_length or REASON_MAX_BYTES)
+    if isinstance(rule, Choice):
+        return parse_choice(raw, rule.kind, path=path)
+    raise TypeError(f"{path}: no xenstore form for {type(rule).__name__}")
+
+
+def _parser(rule: fields.Rule) -> Callable[..., object]:
+    return lambda raw, *, path: _node_value(rule, raw, path)
+
+
+def _node_bytes(value: object) -> bytes:
+    if isinstance(value, StrEnum):
+        return value.value.encode("ascii")
+    if isinstance(value, str):
+        return value.encode("ascii")
+    assert isinstance(value, int)  # the fields' rules allow nothing else
+    return format_decimal(value)
+
+
+R = TypeVar("R", Request, DecisionRecord)
+
+
+def _from_nodes(cls: type[R], nodes: Mapping[str, bytes], where: str) -> R:
+    """Parse a record's directory (key -> raw bytes), every key by its field's rule."""
+    _check_version(nodes, where)
+    values: dict[str, object] = {}
+    for spec in fields.specs(cls):
+        if spec.key != VERSION:
+            values[spec.name] = _read(nodes, where, spec.key, _parser(spec.rule))
+    return _build(cls, values, where)
+
+
+def _to_nodes(record: Request | DecisionRecord) -> dict[str, bytes]:
+    """The record's nodes in field order (the order they are written in)."""
+    return {spec.key: _node_bytes(getattr(record, spec.name))
+            for spec in fields.specs(type(record))}

@@ -24,7 +24,8 @@ from xsproto.adapters.xenstore_records import read_decision
 from xsproto.agents import device_model
 from xsproto.agents.watcher import CRASH_AT_ENV
 from xsproto.errors import RequestRejected
-from xsproto.records import DecisionRecord, DecisionState, RejectCode
+from xsproto.negotiation import RejectCode
+from xsproto.records import DecisionRecord, DecisionState
 
 pytestmark = pytest.mark.lab
 
@@ -191,7 +192,7 @@ def test_hostile_values_are_rejected_and_change_nothing(
         subprocess.run(["xenstore-write", "--", f"{where}/reason", bad_reason,
                         f"{where}/pages", "1", f"{where}/request-id", "500"], check=True)
         record = decided(xs, domid, 500)
-        assert record.rejection is not None and record.rejection[0] is RejectCode.BAD_VALUE
+        assert record.rejection is not None and record.rejection[0] == RejectCode.BAD_VALUE
         subprocess.run(["xenstore-rm", f"{where}/request-id"], check=True)
         xs.remove(paths.decision_dir(domid))
     assert max_pages(hv, domid) == base
@@ -210,7 +211,7 @@ def test_wrong_writer_and_guest_own_area(make_guest: GuestFactory, watcher: Watc
 
     xs.transact(as_guest)
     record = decided(xs, domid, 8)
-    assert record.rejection is not None and record.rejection[0] is RejectCode.WRONG_WRITER
+    assert record.rejection is not None and record.rejection[0] == RejectCode.WRONG_WRITER
     # A guest writing in its own area is not a device model: nothing happens at all.
     own = paths.request_dir(domid, domid)
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xsproto import paths
+from xsproto import paths, records
 from xsproto.carrying import restored
 from xsproto.errors import NegotiationTimeout, ProtocolError, RequestRejected
 from xsproto.grant import Grant
@@ -21,12 +21,13 @@ from xsproto.negotiation import (
     HostInfo,
     Ignore,
     Reject,
+    RejectCode,
     decide,
     finish,
     recover,
 )
 from xsproto.policy import DomainOverride, Policy, RateLimit, RateLimiter
-from xsproto.records import DecisionRecord, DecisionState, Origin, RejectCode, Request
+from xsproto.records import DecisionRecord, DecisionState, Origin, Request
 from xsproto.values import DECISION_REASON_MAX_BYTES
 
 D, M, BASE = 5, 0, 33024
@@ -138,10 +139,11 @@ def test_lowering_stops_at_pages_in_use() -> None:
 def test_lowering_is_never_rate_limited_or_budget_checked() -> None:
     limiter = RateLimiter()
     policy = Policy(rate=RateLimit(burst=1, refill_seconds=1000), host_budget_pages=0)
-    limiter.allow(D, 0.0, policy.rate)
+    limiter.charge(D, 1000.0)
     d = run(
         nodes(1024, 2),
         granted(2048, 1),
+        domain=replace(GUEST, max_pages=BASE + 2048),
         policy=policy,
         limiter=limiter,
         host=HostInfo(free_pages=0, granted_elsewhere=10**6),
@@ -261,23 +263,25 @@ def test_over_host_budget() -> None:
 
 def test_budget_counts_only_the_increase_against_free_memory() -> None:
     host = HostInfo(free_pages=16384 + 1000, granted_elsewhere=0)
-    assert isinstance(run(nodes(3000, 2), granted(2000, 1), host=host), Apply)
-    d = run(nodes(3001, 2), granted(2000, 1), host=host)
+    xen = replace(GUEST, max_pages=BASE + 2000)
+    assert isinstance(run(nodes(3000, 2), granted(2000, 1), host=host, domain=xen), Apply)
+    d = run(nodes(3001, 2), granted(2000, 1), host=host, domain=xen)
     assert rejected_code(d) is RejectCode.OVER_HOST_BUDGET
     assert isinstance(d, Reject) and "increase 1001" in d.detail
 
 
 def test_rate_limited_after_burst() -> None:
-    limiter, current = RateLimiter(), None
+    limiter, current, xen = RateLimiter(), None, GUEST
     for rid in range(1, 6):
-        d = run(nodes(rid, rid), current, limiter=limiter, now=1.0)
-        assert isinstance(d, Apply)
-        current = finish(d.record)
-    d = run(nodes(6, 6), current, limiter=limiter, now=1.0)
+        d = run(nodes(rid, rid), current, limiter=limiter, now=1.0, domain=xen)
+        assert isinstance(d, Apply) and d.charge is not None
+        current, xen = finish(d.record), replace(xen, max_pages=d.target)
+        limiter.charge(D, d.charge)
+    d = run(nodes(6, 6), current, limiter=limiter, now=1.0, domain=xen)
     assert rejected_code(d) is RejectCode.RATE_LIMITED
     assert isinstance(d, Reject) and d.record is not None
     assert d.record.granted_pages == 5  # what is in force stays recorded
-    assert isinstance(run(nodes(7, 7), d.record, limiter=limiter, now=11.0), Apply)
+    assert isinstance(run(nodes(7, 7), d.record, limiter=limiter, now=11.0, domain=xen), Apply)
 
 
 def test_rejections_consume_no_tokens() -> None:
@@ -398,6 +402,8 @@ def test_replays_crashes_and_restarts_never_raise_twice(
                         continue
                     xen_max = d.target
                     record = finish(d.record)
+                    if d.charge is not None:
+                        limiter.charge(D, d.charge)
                     continue
                 if isinstance(d, Reject):
                     assert d.record is not None
@@ -406,13 +412,13 @@ def test_replays_crashes_and_restarts_never_raise_twice(
         assert record is not None and record.state is not DecisionState.APPLYING
         assert xen_max == record.base_pages + record.granted_pages
         assert record.base_pages == BASE
-        assert record.granted_pages <= 8192 or record.granted_pages == tot - BASE
+        assert record.granted_pages <= 8192  # never past the cap, pages in use or not
         assert xen_max >= tot
 
 
 @settings(max_examples=150, deadline=None)
 @given(
-    st.dictionaries(st.sampled_from([*paths.REQUEST_KEYS, "x"]), st.binary(max_size=24)),
+    st.dictionaries(st.sampled_from([*records.REQUEST_KEYS, "x"]), st.binary(max_size=24)),
     st.integers(0, 40),
     st.sampled_from([None, granted(100, 3), applying(50, 3)]),
 )
@@ -518,3 +524,46 @@ def test_dm_learns_restored_pages_while_idle() -> None:
         )
     )
     assert dm.granted_pages == 2048 and dm.request_id == 7
+
+
+# --- the engine's hardening (issue 7): each of these failed before its fix -------------
+
+
+def test_deciding_spends_no_token_until_the_watcher_commits_the_charge() -> None:
+    """A racing watcher's lost swap must not turn a valid request into rate-limited."""
+    one = Policy(rate=RateLimit(burst=1, refill_seconds=100))
+    buckets = RateLimiter()
+    first = run(nodes(100, 1), policy=one, limiter=buckets)
+    again = run(nodes(100, 1), policy=one, limiter=buckets)  # the swap was lost: redo
+    assert isinstance(first, Apply) and first == again
+    assert first.charge is not None
+    buckets.charge(D, first.charge)
+    assert rejected_code(run(nodes(200, 2), granted(100, 1), policy=one, limiter=buckets,
+                             domain=replace(GUEST, max_pages=BASE + 100))) is (
+        RejectCode.RATE_LIMITED)
+
+
+def test_a_lowering_carries_no_charge() -> None:
+    d = run(nodes(0, 2), granted(2048, 1), domain=replace(GUEST, max_pages=BASE + 2048))
+    assert isinstance(d, Apply) and d.charge is None
+
+
+def test_after_an_admin_lowered_the_limit_the_same_pages_are_an_increase() -> None:
+    """``xl mem-max`` took the grant back in Xen: asking again is checked like any raise."""
+    lowered = replace(GUEST, max_pages=BASE)
+    spent = RateLimiter()
+    spent.charge(D, 1000.0)
+    d = run(nodes(2048, 2), granted(2048, 1), domain=lowered, limiter=spent)
+    assert rejected_code(d) is RejectCode.RATE_LIMITED
+    d = run(nodes(2048, 2), granted(2048, 1), domain=lowered,
+            host=HostInfo(free_pages=16384 + 100, granted_elsewhere=0))
+    assert rejected_code(d) is RejectCode.OVER_HOST_BUDGET
+
+
+def test_never_granted_past_the_cap_for_pages_already_in_use() -> None:
+    """A guest holding pages above base + cap (limit lowered under it) is not granted
+    them by asking for fewer: the record would say more than the cap allows."""
+    held = replace(GUEST, max_pages=1000, tot_pages=1000 + 50000)
+    d = run(nodes(0, 1), domain=held, policy=Policy(domain_cap_pages=100))
+    assert rejected_code(d) is RejectCode.OVER_DOMAIN_CAP
+    assert isinstance(d, Reject) and "in use" in d.detail

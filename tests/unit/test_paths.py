@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xsproto import paths
+from xsproto import paths, records
 from xsproto.errors import ProtocolError
 from xsproto.paths import DecisionPath, RequestPath
 
@@ -21,7 +21,7 @@ def test_builders() -> None:
 
 
 def test_request_id_is_written_last() -> None:
-    assert paths.REQUEST_KEYS[-1] == paths.REQUEST_ID
+    assert records.REQUEST_KEYS[-1] == records.REQUEST_ID
 
 
 @pytest.mark.parametrize("bad", [-1, 0x7FF0, True, 1.0, "1"])
@@ -37,17 +37,17 @@ def test_decision_permissions() -> None:
     assert paths.decision_permissions(3) == ("n0", "r3")
 
 
-@given(domids, domids, st.sampled_from([None, *paths.REQUEST_KEYS]))
+@given(domids, domids, st.sampled_from([None, *records.REQUEST_KEYS]))
 def test_request_paths_round_trip(m: int, d: int, key: str | None) -> None:
     path = paths.request_dir(m, d) + ("" if key is None else f"/{key}")
-    assert paths.parse(path) == RequestPath(m, d, key)
-    assert paths.parse(path.encode()) == RequestPath(m, d, key)
+    assert records.parse_path(path) == RequestPath(m, d, key)
+    assert records.parse_path(path.encode()) == RequestPath(m, d, key)
 
 
-@given(domids, st.sampled_from([None, *paths.DECISION_KEYS]))
+@given(domids, st.sampled_from([None, *records.DECISION_KEYS]))
 def test_decision_paths_round_trip(d: int, key: str | None) -> None:
     path = paths.decision_dir(d) + ("" if key is None else f"/{key}")
-    assert paths.parse(path) == DecisionPath(d, key)
+    assert records.parse_path(path) == DecisionPath(d, key)
 
 
 @pytest.mark.parametrize(
@@ -78,18 +78,18 @@ def test_decision_paths_round_trip(d: int, key: str | None) -> None:
 )
 def test_parse_rejects(path: str) -> None:
     with pytest.raises(ProtocolError):
-        paths.parse(path)
+        records.parse_path(path)
 
 
 def test_parse_rejects_non_ascii_bytes() -> None:
     with pytest.raises(ProtocolError, match="not ASCII"):
-        paths.parse(b"/libxl/\xff/extra-pages")
+        records.parse_path(b"/libxl/\xff/extra-pages")
 
 
 @given(st.text(max_size=80))
 def test_parse_never_raises_anything_but_protocol_error(path: str) -> None:
     try:
-        parsed = paths.parse(path)
+        parsed = records.parse_path(path)
     except ProtocolError:
         return
     rebuilt = (

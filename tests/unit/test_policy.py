@@ -119,43 +119,59 @@ def test_missing_file(tmp_path: Path) -> None:
 RATE = RateLimit(burst=5, refill_seconds=10)
 
 
+def take(rl: RateLimiter, domid: int, now: float, rate: RateLimit) -> bool:
+    """Ask for a token and, if there is one, spend it, as a committed grant does."""
+    arrival = rl.next_arrival(domid, now, rate)
+    if arrival is not None:
+        rl.charge(domid, arrival)
+    return arrival is not None
+
+
+def test_asking_spends_nothing() -> None:
+    rl = RateLimiter()
+    one = RateLimit(burst=1, refill_seconds=100)
+    assert rl.next_arrival(1, 0.0, one) == rl.next_arrival(1, 0.0, one) == 100.0
+    rl.charge(1, 100.0)
+    assert rl.next_arrival(1, 0.0, one) is None
+
+
 def test_bucket_burst_then_refill() -> None:
     rl = RateLimiter()
-    assert [rl.allow(1, 100.0, RATE) for _ in range(6)] == [True] * 5 + [False]
-    assert not rl.allow(1, 109.0, RATE)
-    assert rl.allow(1, 110.0, RATE)
-    assert not rl.allow(1, 110.0, RATE)
+    assert [take(rl, 1, 100.0, RATE) for _ in range(6)] == [True] * 5 + [False]
+    assert not take(rl, 1, 109.0, RATE)
+    assert take(rl, 1, 110.0, RATE)
+    assert not take(rl, 1, 110.0, RATE)
 
 
 def test_bucket_refills_only_to_burst() -> None:
     rl = RateLimiter()
-    assert rl.allow(1, 0.0, RATE)
-    assert [rl.allow(1, 1e6, RATE) for _ in range(6)] == [True] * 5 + [False]
+    assert take(rl, 1, 0.0, RATE)
+    assert [take(rl, 1, 1e6, RATE) for _ in range(6)] == [True] * 5 + [False]
 
 
 def test_denied_attempts_do_not_push_refill_back() -> None:
     rl = RateLimiter()
     for _ in range(5):
-        rl.allow(1, 0.0, RATE)
+        take(rl, 1, 0.0, RATE)
     for t in range(0, 10):
-        assert not rl.allow(1, float(t), RATE)
-    assert rl.allow(1, 10.0, RATE)
+        assert not take(rl, 1, float(t), RATE)
+    assert take(rl, 1, 10.0, RATE)
 
 
 def test_clock_going_backwards_adds_nothing() -> None:
     rl = RateLimiter()
     for _ in range(5):
-        rl.allow(1, 100.0, RATE)
-    assert not rl.allow(1, 50.0, RATE)
-    assert not rl.allow(1, 105.0, RATE)
-    assert rl.allow(1, 110.0, RATE)
+        take(rl, 1, 100.0, RATE)
+    assert not take(rl, 1, 50.0, RATE)
+    assert not take(rl, 1, 105.0, RATE)
+    assert take(rl, 1, 110.0, RATE)
 
 
 def test_domains_are_independent_and_forgettable() -> None:
     rl = RateLimiter()
     one = RateLimit(burst=1, refill_seconds=100)
-    assert rl.allow(1, 0.0, one) and not rl.allow(1, 0.0, one)
-    assert rl.allow(2, 0.0, one)
+    assert take(rl, 1, 0.0, one) and not take(rl, 1, 0.0, one)
+    assert take(rl, 2, 0.0, one)
     rl.forget(1)
     rl.forget(99)
-    assert rl.allow(1, 0.0, one)
+    assert take(rl, 1, 0.0, one)

@@ -26,7 +26,10 @@ XENSTOREDS = ("c", "ocaml")
 #: Variables of the caller's environment that make no sense inside dom0.
 ENV_DENYLIST = frozenset({"PWD", "OLDPWD", "SHLVL", "_", "TMPDIR", "DISPLAY", "TERM_PROGRAM",
                           "SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY",
-                          "XENLAB_IN_DOM0"})
+                          "XENLAB_IN_DOM0",
+                          # dom0 writes to a tmpfs overlay: let Python cache bytecode there,
+                          # or every process compiles every module on the emulated CPU
+                          "PYTHONDONTWRITEBYTECODE"})
 CONSOLE_TAIL_LINES = 60
 PR_SET_PDEATHSIG = 1
 

@@ -6,7 +6,7 @@ parsed, and the device model's domain is trusted, in exactly one way.
 
 from __future__ import annotations
 
-from xsproto import paths
+from xsproto import paths, records
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import ProtocolError
 from xsproto.records import DecisionRecord
@@ -35,7 +35,7 @@ def read_request(xs: Xenstore, dm_domid: int, domid: int) -> tuple[dict[str, byt
     where = paths.request_dir(dm_domid, domid)
 
     def read(t: Xenstore) -> tuple[dict[str, bytes], int]:
-        owner = t.owner(f"{where}/{paths.REQUEST_ID}")
+        owner = t.owner(f"{where}/{records.REQUEST_ID}")
         return t.read_dir(where), -1 if owner is None else owner
 
     return xs.transact(read)

@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from xsproto import paths
+from xsproto import paths, records
 from xsproto.adapters import xenstore_records
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import NegotiationTimeout, ProtocolError, RequestRejected
 from xsproto.exitcodes import Exit
-from xsproto.negotiation import DeviceModelSide
-from xsproto.records import DecisionRecord, RejectCode
+from xsproto.negotiation import DeviceModelSide, RejectCode
+from xsproto.records import DecisionRecord
 from xsproto.values import DEFAULT_TIMEOUT, parse_domid, parse_request_id
 
 DECISION_TOKEN = "xsproto-decision"
@@ -46,11 +46,11 @@ def request_pages(xs: Xenstore, domid: int, pages: int, reason: str = "", *,
     request_dir, decision_dir = paths.request_dir(dm, domid), paths.decision_dir(domid)
     xs.watch(decision_dir, DECISION_TOKEN)
     try:
-        raw_written = xs.read(f"{request_dir}/{paths.REQUEST_ID}")
+        raw_written = xs.read(f"{request_dir}/{records.REQUEST_ID}")
         written = 0
         if raw_written is not None:
             try:
-                written = parse_request_id(raw_written, path=f"{request_dir}/{paths.REQUEST_ID}")
+                written = parse_request_id(raw_written, path=f"{request_dir}/{records.REQUEST_ID}")
             except ProtocolError:
                 written = 0
         decided = xenstore_records.read_decision(xs, domid)

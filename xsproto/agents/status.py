@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 
-from xsproto import paths
+from xsproto import paths, records
 from xsproto.adapters import xenstore_records
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
@@ -51,8 +51,8 @@ def domain_status(xs: Xenstore, hv: Hypervisor, domid: int) -> DomainStatus:
         problem = "Xen's max_pages differs from the recorded max-pages"
     return DomainStatus(
         domid=domid, name=name, dm_domid=dm,
-        requested_pages=_text(request.get(paths.PAGES)),
-        request_id=_text(request.get(paths.REQUEST_ID)),
+        requested_pages=_text(request.get(records.PAGES)),
+        request_id=_text(request.get(records.REQUEST_ID)),
         state=record.state.value if record else None,
         origin=record.origin.value if record else None,
         base_pages=record.base_pages if record else None,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Literal, NamedTuple
 
-from xsproto import logs, negotiation, paths
+from xsproto import logs, negotiation, paths, records
 from xsproto.adapters import xenstore_records
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
@@ -69,7 +69,7 @@ def works_in(batch: Iterable[tuple[str, str]]) -> list[Work]:
             works[Work("introduce")] = None
         elif token == AREA_TOKEN:
             try:
-                where = paths.parse(path)
+                where = records.parse_path(path)
             except ProtocolError:
                 continue
             if isinstance(where, paths.RequestPath):
@@ -204,7 +204,7 @@ class Watcher:
                   decision: Decision, where: str, nodes: dict[str, bytes]) -> bool:
         """Do what ``decision`` says; False when the record moved on and it must be redone."""
         fields: dict[str, Any] = {"domid": domid, "dm": dm, "path": where,
-                                  "pages": nodes.get(paths.PAGES, b"").decode("ascii", "replace")
+                                  "pages": nodes.get(records.PAGES, b"").decode("ascii", "replace")
                                   or None}
         if isinstance(decision, Ignore):
             logs.event(log, "ignored", level=logging.DEBUG, **fields, why=decision.why)
