@@ -62,6 +62,13 @@ def decision_dir(domid: int) -> str:
     return f"{DECISION_ROOT}/{_check_domid(domid)}/{LEAF}"
 
 
+def freeze_path(domid: int) -> str:
+    """Present while an image hook saves ``domid``: the watcher then decides nothing for
+    it (a grant raised mid-save would not be in the image). Beside the decision directory,
+    so dom0 alone can write it; its value names the process holding it."""
+    return f"{DECISION_ROOT}/{_check_domid(domid)}/{LEAF}-frozen"
+
+
 def dm_domid_path(domid: int) -> str:
     """Written by libxl for a stubdom device model; absent means dom0 runs it."""
     return f"{domain_dir(domid)}/image/device-model-domid"

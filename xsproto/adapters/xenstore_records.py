@@ -71,3 +71,18 @@ def domain_name(xs: Xenstore, domid: int) -> str | None:
     """The name libxl gave ``domid`` (printable for logs), None when it has none."""
     raw = xs.read(paths.domain_name_path(domid))
     return raw.decode("ascii", "backslashreplace") if raw else None
+
+
+def freeze(xs: Xenstore, domid: int, holder: str) -> None:
+    """Stop negotiation for ``domid`` (see ``paths.freeze_path``) until ``thaw``."""
+    xs.write(paths.freeze_path(domid), holder.encode("ascii", "backslashreplace"))
+
+
+def thaw(xs: Xenstore, domid: int) -> None:
+    xs.remove(paths.freeze_path(domid))
+
+
+def frozen_by(xs: Xenstore, domid: int) -> str | None:
+    """Who froze negotiation for ``domid`` (``pid N``), None when nobody did."""
+    raw = xs.read(paths.freeze_path(domid))
+    return None if raw is None else raw.decode("ascii", "backslashreplace")
