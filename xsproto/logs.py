@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable, Hashable
 
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:@+")
 
@@ -30,3 +32,25 @@ def event(logger: logging.Logger, name: str, *, level: int = logging.INFO,
 def configure(level: str = "INFO") -> None:
     logging.basicConfig(stream=sys.stderr, level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+class Throttle:
+    """At most one line per key per ``interval`` seconds, so a peer that fails on purpose
+    cannot flood the log; the next line that passes says how many were held back."""
+
+    def __init__(self, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval, self.clock = interval, clock
+        self._last: dict[Hashable, float] = {}
+        self._held: dict[Hashable, int] = {}
+
+    def event(self, logger: logging.Logger, name: str, *, key: Hashable,
+              level: int = logging.INFO, **fields: object) -> None:
+        """Log like ``event`` unless a line for ``key`` passed less than ``interval`` ago."""
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        self._last[key] = now
+        event(logger, name, level=level, **fields, suppressed=self._held.pop(key, None))

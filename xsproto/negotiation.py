@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Generic, TypeVar
 
 from xsproto import paths, records
 from xsproto.errors import NegotiationTimeout, ProtocolError, RequestRejected
@@ -21,7 +22,13 @@ from xsproto.records import (
     Request,
     UnsupportedVersion,
 )
-from xsproto.values import DECISION_REASON_MAX_BYTES, DEFAULT_TIMEOUT, PAGES_MAX, parse_request_id
+from xsproto.values import (
+    DECISION_REASON_MAX_BYTES,
+    DEFAULT_TIMEOUT,
+    PAGES_MAX,
+    REQUEST_ID_MAX,
+    parse_request_id,
+)
 
 
 @dataclass(frozen=True)
@@ -144,14 +151,6 @@ def _not_its_own_device_model(a: Asked) -> str | None:
     return f"{a.where}: domain {d} is its own device model" if a.dm_domid == d else None
 
 
-def _exists(a: Asked) -> str | None:
-    return None if a.domain.exists else f"domain {a.domain.domid} does not exist"
-
-
-def _alive(a: Asked) -> str | None:
-    return f"domain {a.domain.domid} is dying" if a.domain.dying else None
-
-
 def _unprivileged(a: Asked) -> str | None:
     return "domain 0 is never given extra pages" if a.domain.domid == 0 else None
 
@@ -198,21 +197,35 @@ def _within_rate(a: Asked) -> str | None:
     return None
 
 
+def _exists(domain: DomainInfo) -> str | None:
+    return None if domain.exists else f"domain {domain.domid} does not exist"
+
+
+def _alive(domain: DomainInfo) -> str | None:
+    return f"domain {domain.domid} is dying" if domain.dying else None
+
+
+_Judged = TypeVar("_Judged")
+
+
 @dataclass(frozen=True)
-class Rule:
+class Rule(Generic[_Judged]):
     """One check: ``check`` returns why the request fails it (None: it passes)."""
 
     code: RejectCode
-    check: Callable[[Asked], str | None]
-    forgets: bool = False
-    """The domain is gone: its nodes are removed instead of a rejection recorded."""
+    check: Callable[[_Judged], str | None]
 
 
-RULES: tuple[Rule, ...] = (
+GONE: tuple[Rule[DomainInfo], ...] = (
+    Rule(RejectCode.NO_SUCH_DOMAIN, _exists),
+    Rule(RejectCode.DYING, _alive),
+)
+"""First of all: for a domain that is gone nothing is recorded, whatever its request holds
+(its nodes are removed instead)."""
+
+RULES: tuple[Rule[Asked], ...] = (
     Rule(RejectCode.WRONG_WRITER, _written_by_the_device_model),
     Rule(RejectCode.WRONG_WRITER, _not_its_own_device_model),
-    Rule(RejectCode.NO_SUCH_DOMAIN, _exists, forgets=True),
-    Rule(RejectCode.DYING, _alive, forgets=True),
     Rule(RejectCode.PRIVILEGED, _unprivileged),
     Rule(RejectCode.OVER_DOMAIN_CAP, _within_cap),
     Rule(RejectCode.OVER_DOMAIN_CAP, _within_xen),
@@ -220,8 +233,9 @@ RULES: tuple[Rule, ...] = (
     Rule(RejectCode.OVER_HOST_BUDGET, _within_free_memory),
     Rule(RejectCode.RATE_LIMITED, _within_rate),
 )
-"""The checks of a well-formed request, in the order the spec gives (docs/protocol.md);
-the first that fails decides. A new rule is one function and one row here."""
+"""The checks of a well-formed request (after GONE, and after it parsed: bad-version,
+bad-value), in the order the spec gives (docs/protocol.md); the first that fails decides.
+A new rule is one function and one row here."""
 
 
 def decide(
@@ -263,6 +277,9 @@ def decide(
             return Ignore(f"already rejected: {record.reason}")
         return Reject(code, detail, record)
 
+    for gone in GONE:
+        if (detail := gone.check(domain)) is not None:
+            return Reject(gone.code, detail, None)
     try:
         request = Request.from_nodes(nodes, where=where)
     except UnsupportedVersion as err:
@@ -273,7 +290,7 @@ def decide(
                   policy.limits_for(domain.domid, domain.name), limiter, now)
     for rule in RULES:
         if (detail := rule.check(asked)) is not None:
-            return Reject(rule.code, detail, None) if rule.forgets else reject(rule.code, detail)
+            return reject(rule.code, detail)
     record = DecisionRecord(
         state=DecisionState.APPLYING,
         request_id=request.request_id,
@@ -315,10 +332,9 @@ def recover(current: DecisionRecord | None, domain: DomainInfo) -> Decision:
     """At watcher start-up: finish an interrupted ``applying`` record, idempotently."""
     if current is None or current.state is not DecisionState.APPLYING:
         return Ignore("nothing pending")
-    if not domain.exists:
-        return Reject(RejectCode.NO_SUCH_DOMAIN, f"domain {domain.domid} does not exist", None)
-    if domain.dying:
-        return Reject(RejectCode.DYING, f"domain {domain.domid} is dying", None)
+    for gone in GONE:
+        if (detail := gone.check(domain)) is not None:
+            return Reject(gone.code, detail, None)
     return Apply(current, current.max_pages)
 
 
@@ -339,6 +355,8 @@ class DeviceModelSide:
     """
 
     domid: int
+    dm_domid: int = 0
+    """The device model's own domain (dom0, or a stubdom)."""
     state: DmState = DmState.IDLE
     request_id: int = 0
     """Highest request-id written or seen decided."""
@@ -360,6 +378,10 @@ class DeviceModelSide:
         """Build the next request; ``written`` is a request-id already in the request
         directory (a restarted device model must not reuse it)."""
         floor = max(self.request_id, written, decided.request_id if decided else 0)
+        if floor >= REQUEST_ID_MAX:
+            raise ProtocolError(f"no request-id left above {floor}: remove the request and "
+                                "decision directories to start over",
+                                path=paths.request_dir(self.dm_domid, self.domid))
         request = Request(pages=pages, reason=reason, request_id=floor + 1)
         state = replace(
             self,

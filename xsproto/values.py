@@ -44,6 +44,22 @@ def show(raw: bytes) -> str:
     return shown + ("..." if len(raw) > _SHOW_BYTES else "")
 
 
+def escaped(text: str | bytes) -> str:
+    r"""Any value for a terminal: printable ASCII as is, a backslash doubled, anything else
+    (escape sequences, control characters, non-ASCII) as ``\xNN``/``\uNNNN``, so text a
+    peer wrote cannot drive the terminal of the admin reading it."""
+    chars = text.decode("latin-1") if isinstance(text, bytes) else text
+    out = []
+    for c in chars:
+        if c == "\\":
+            out.append("\\\\")
+        elif "\x20" <= c <= "\x7e":
+            out.append(c)
+        else:
+            out.append(ascii(c)[1:-1] if ord(c) > 0xFF else f"\\x{ord(c):02x}")
+    return "".join(out)
+
+
 def parse_decimal(raw: bytes, *, path: str, lo: int = 0, hi: int = U64_MAX) -> int:
     """Parse a canonical ASCII decimal in ``[lo, hi]``."""
     if not isinstance(raw, bytes):

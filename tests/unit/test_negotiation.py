@@ -211,9 +211,12 @@ def test_stubdom_device_model() -> None:
     assert isinstance(run(nodes(), owner=9, dm_domid=9), Apply)
 
 
-def test_wrong_writer_is_checked_before_domain_state() -> None:
+def test_a_gone_domain_is_checked_before_the_writer() -> None:
+    """Nothing is recorded for a domain that is gone, whoever wrote the request."""
     gone = DomainInfo(domid=D, exists=False)
-    assert rejected_code(run(nodes(), owner=3, domain=gone)) is RejectCode.WRONG_WRITER
+    d = run(nodes(), owner=3, domain=gone)
+    assert rejected_code(d) is RejectCode.NO_SUCH_DOMAIN
+    assert isinstance(d, Reject) and d.record is None
 
 
 @pytest.mark.parametrize(
@@ -567,3 +570,20 @@ def test_never_granted_past_the_cap_for_pages_already_in_use() -> None:
     d = run(nodes(0, 1), domain=held, policy=Policy(domain_cap_pages=100))
     assert rejected_code(d) is RejectCode.OVER_DOMAIN_CAP
     assert isinstance(d, Reject) and "in use" in d.detail
+
+
+@pytest.mark.parametrize("domain", [DomainInfo(domid=D, exists=False),
+                                    replace(GUEST, dying=True)], ids=["absent", "dying"])
+def test_a_malformed_request_for_a_gone_domain_writes_no_record(domain: DomainInfo) -> None:
+    """Its nodes would outlive the domain (collected only at the next release event)."""
+    d = run(nodes(pages=1) | {"pages": b"-1"}, domain=domain)
+    assert isinstance(d, Reject) and d.record is None
+
+
+def test_a_device_model_out_of_request_ids_gets_a_protocol_error() -> None:
+    """A decision (or a stale request) at request-id 2**63-1 leaves no id to ask with:
+    a clear error naming the path, not a crash on the next id."""
+    top = granted(10, rid=2**63 - 1)
+    with pytest.raises(ProtocolError, match="no request-id left") as err:
+        DeviceModelSide(domid=D).observe(top).ask(10, now=0.0, decided=top)
+    assert err.value.path == paths.request_dir(M, D)

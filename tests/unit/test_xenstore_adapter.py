@@ -357,12 +357,10 @@ def test_eagain_inside_a_transaction_starts_it_over(xs: Xenstore, xsd: FakeXenst
 
 
 def test_a_transaction_conflicting_every_time_gives_up(
-        xs: Xenstore, xsd: FakeXenstored, no_backoff: list[int],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(adapter, "TRANSACTION_ATTEMPTS", 4)
+        xs: Xenstore, xsd: FakeXenstored, no_backoff: list[int]) -> None:
     xsd.fail_next(TRANSACTION_END, "EAGAIN", times=4)
     with pytest.raises(XenstoreError, match="still conflicting after 4 attempts"):
-        xs.transact(lambda t: t.write("/a", b"1"))
+        xs.transact(lambda t: t.write("/a", b"1"), attempts=4)
     assert len(xsd.ops(TRANSACTION_START)) == 4
     assert no_backoff == [1, 2, 3]
     assert xs.read("/a") is None

@@ -29,8 +29,9 @@ def _xc() -> Any:
 class Hypervisor:
     """A handle on Xen's domain control interface (needs dom0 or a privileged domain)."""
 
-    def __init__(self) -> None:
-        self._xc = _xc()
+    def __init__(self, xc: Any = None) -> None:
+        """``xc``: an ``xen.lowlevel.xc.xc()`` handle; one is opened when none is given."""
+        self._xc = _xc() if xc is None else xc
 
     def domain(self, domid: int) -> DomainInfo:
         """What Xen says about ``domid`` now; ``exists`` is False when there is none."""
@@ -46,7 +47,9 @@ class Hypervisor:
         return DomainInfo(
             domid=domid,
             exists=True,
-            dying=bool(info["dying"] or info["shutdown"]),
+            # Only dying is dead. A shut-down domain may be suspended for ``xl save -c``,
+            # a checkpoint or a migration that fails and resumes it: its grant stands.
+            dying=bool(info["dying"]),
             max_pages=int(info["maxmem_kb"]) // PAGE_KB,
             tot_pages=int(info["mem_kb"]) // PAGE_KB,
         )

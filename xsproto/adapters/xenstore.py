@@ -29,6 +29,8 @@ from xsproto.errors import XenstoreError
 T = TypeVar("T")
 
 TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EINTR, errno.EBUSY})
+BATCH_MAX = 4096
+"""Distinct events in one batch at most: a peer flooding its area cannot grow one."""
 TRANSACTION_ATTEMPTS = 20
 BACKOFF_FIRST = 0.002  # seconds: the upper bound of the first wait, doubled after each conflict
 BACKOFF_MAX = 0.2
@@ -167,10 +169,26 @@ class Xenstore:
                 out[name] = value
         return out
 
+    def read_keys(self, path: str, keys: Iterable[str]) -> dict[str, bytes]:
+        """The values of ``path``'s children named ``keys`` (missing ones left out): a
+        record is read by its own keys, whatever else a peer put beside them."""
+        out = {}
+        for key in keys:
+            value = self.read(f"{path}/{key}")
+            if value is not None:
+                out[key] = value
+        return out
+
+    def perms(self, path: str) -> list[str] | None:
+        """The node's permissions (``n0``, ``r3``, ...; the first names the owner); None
+        if absent."""
+        client = self._active
+        perms: list[bytes] | None = self._call(path, lambda: client.get_perms(_b(path)))
+        return None if perms is None else [p.decode("ascii", "replace") for p in perms]
+
     def owner(self, path: str) -> int | None:
         """The owner domid in the node's permissions (their first entry); None if absent."""
-        client = self._active
-        perms: list[bytes] = self._call(path, lambda: client.get_perms(_b(path))) or []
+        perms = self.perms(path)
         return int(perms[0][1:]) if perms else None
 
     def write(self, path: str, value: bytes) -> None:
@@ -202,20 +220,21 @@ class Xenstore:
 
     # Transactions.
 
-    def transact(self, fn: Callable[[Xenstore], T]) -> T:
+    def transact(self, fn: Callable[[Xenstore], T], *,
+                 attempts: int = TRANSACTION_ATTEMPTS) -> T:
         """Run ``fn(self)`` in a transaction, all over again while xenstored says EAGAIN
-        (at most TRANSACTION_ATTEMPTS times, with a jittered exponential backoff)."""
+        (at most ``attempts`` times, with a jittered exponential backoff)."""
         if self._tx is not None:
             raise XenstoreError("already in a transaction: transact() does not nest")
         conflict: _Retry | None = None
-        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+        for attempt in range(1, attempts + 1):
             try:
                 return self._attempt(fn)
             except _Retry as e:
                 conflict = e
-            if attempt < TRANSACTION_ATTEMPTS:
+            if attempt < attempts:
                 time.sleep(backoff_delay(attempt))
-        raise XenstoreError(f"transaction still conflicting after {TRANSACTION_ATTEMPTS} "
+        raise XenstoreError(f"transaction still conflicting after {attempts} "
                             "attempts") from conflict
 
     def _attempt(self, fn: Callable[[Xenstore], T]) -> T:
@@ -275,7 +294,7 @@ class Xenstore:
         if first is None:
             return []
         batch = {first: None}
-        while (more := self.next_event(timeout=0)) is not None:
+        while len(batch) < BATCH_MAX and (more := self.next_event(timeout=0)) is not None:
             batch[more] = None
         return list(batch)
 

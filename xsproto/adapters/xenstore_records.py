@@ -7,21 +7,21 @@ parsed, and the device model's domain is trusted, in exactly one way.
 from __future__ import annotations
 
 from xsproto import paths, records
-from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import ProtocolError
+from xsproto.io import XenstoreIO
 from xsproto.records import DecisionRecord
-from xsproto.values import parse_domid
+from xsproto.values import parse_domid, parse_pages
 
 
-def decision_in(t: Xenstore, domid: int) -> tuple[dict[str, bytes], DecisionRecord | None]:
+def decision_in(t: XenstoreIO, domid: int) -> tuple[dict[str, bytes], DecisionRecord | None]:
     """The decision directory's raw nodes and the record they hold (None when empty), read
     within the caller's transaction ``t``."""
     where = paths.decision_dir(domid)
-    nodes = t.read_dir(where)
+    nodes = t.read_keys(where, records.DECISION_KEYS)
     return nodes, DecisionRecord.from_nodes(nodes, where=where) if nodes else None
 
 
-def read_decision(xs: Xenstore, domid: int) -> DecisionRecord | None:
+def read_decision(xs: XenstoreIO, domid: int) -> DecisionRecord | None:
     """The recorded decision for ``domid``; None when there is none yet.
 
     Read in a transaction: the watcher rewrites the keys in one, and reads outside one
@@ -29,19 +29,39 @@ def read_decision(xs: Xenstore, domid: int) -> DecisionRecord | None:
     return xs.transact(lambda t: decision_in(t, domid))[1]
 
 
-def read_request(xs: Xenstore, dm_domid: int, domid: int) -> tuple[dict[str, bytes], int]:
-    """The request directory's children and the owner domid of its request-id node (-1
-    when absent), in one transaction so they all belong to the same write."""
+def request_in(t: XenstoreIO, dm_domid: int, domid: int) -> tuple[dict[str, bytes], int]:
+    """The request's nodes (its own keys only) and the owner domid of its request-id node
+    (-1 when absent), read within the caller's transaction ``t``."""
     where = paths.request_dir(dm_domid, domid)
-
-    def read(t: Xenstore) -> tuple[dict[str, bytes], int]:
-        owner = t.owner(f"{where}/{records.REQUEST_ID}")
-        return t.read_dir(where), -1 if owner is None else owner
-
-    return xs.transact(read)
+    owner = t.owner(f"{where}/{records.REQUEST_ID}")
+    return t.read_keys(where, records.REQUEST_KEYS), -1 if owner is None else owner
 
 
-def dm_domid_of(xs: Xenstore, domid: int) -> int:
+def read_request(xs: XenstoreIO, dm_domid: int, domid: int) -> tuple[dict[str, bytes], int]:
+    """``request_in`` in a transaction of its own, so all belong to the same write."""
+    return xs.transact(lambda t: request_in(t, dm_domid, domid))
+
+
+def granted_elsewhere(t: XenstoreIO, domid: int, *, unreadable: int) -> int:
+    """The granted pages recorded for every domain but ``domid``: what the host budget
+    counts. Read within the caller's transaction, so a grant another watcher or a restore
+    commits meanwhile makes the transaction conflict instead of being missed. A record
+    whose value cannot be read counts as ``unreadable`` pages (the cap): never as 0."""
+    total = 0
+    for other in domids_under(t, paths.DECISION_ROOT):
+        if other == domid:
+            continue
+        where = f"{paths.decision_dir(other)}/{records.GRANTED_PAGES}"
+        raw = t.read(where)
+        if raw is not None:
+            try:
+                total += parse_pages(raw, path=where)
+            except ProtocolError:
+                total += unreadable
+    return total
+
+
+def dm_domid_of(xs: XenstoreIO, domid: int) -> int:
     """The device model's domain for ``domid``: a stubdom's id written by libxl, else 0.
 
     The node is trusted only if dom0 owns it (then the guest cannot have written it)."""
@@ -55,7 +75,7 @@ def dm_domid_of(xs: Xenstore, domid: int) -> int:
         return 0
 
 
-def domids_under(xs: Xenstore, path: str) -> list[int]:
+def domids_under(xs: XenstoreIO, path: str) -> list[int]:
     """The children of ``path`` named by a domain id (canonical decimal, in range), in
     order; other names (a stray ``/libxl/99999``, ``007``) are not domains and are left out."""
     ids = []
@@ -67,22 +87,22 @@ def domids_under(xs: Xenstore, path: str) -> list[int]:
     return sorted(ids)
 
 
-def domain_name(xs: Xenstore, domid: int) -> str | None:
+def domain_name(xs: XenstoreIO, domid: int) -> str | None:
     """The name libxl gave ``domid`` (printable for logs), None when it has none."""
     raw = xs.read(paths.domain_name_path(domid))
     return raw.decode("ascii", "backslashreplace") if raw else None
 
 
-def freeze(xs: Xenstore, domid: int, holder: str) -> None:
+def freeze(xs: XenstoreIO, domid: int, holder: str) -> None:
     """Stop negotiation for ``domid`` (see ``paths.freeze_path``) until ``thaw``."""
     xs.write(paths.freeze_path(domid), holder.encode("ascii", "backslashreplace"))
 
 
-def thaw(xs: Xenstore, domid: int) -> None:
+def thaw(xs: XenstoreIO, domid: int) -> None:
     xs.remove(paths.freeze_path(domid))
 
 
-def frozen_by(xs: Xenstore, domid: int) -> str | None:
+def frozen_by(xs: XenstoreIO, domid: int) -> str | None:
     """Who froze negotiation for ``domid`` (``pid N``), None when nobody did."""
     raw = xs.read(paths.freeze_path(domid))
     return None if raw is None else raw.decode("ascii", "backslashreplace")

@@ -18,6 +18,7 @@ from xsproto.adapters import xenstore_records
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import NegotiationTimeout, ProtocolError, RequestRejected
 from xsproto.exitcodes import Exit
+from xsproto.io import XenstoreIO
 from xsproto.negotiation import DeviceModelSide, RejectCode
 from xsproto.records import DecisionRecord
 from xsproto.values import DEFAULT_TIMEOUT, parse_domid, parse_request_id
@@ -25,13 +26,13 @@ from xsproto.values import DEFAULT_TIMEOUT, parse_domid, parse_request_id
 DECISION_TOKEN = "xsproto-decision"
 
 
-def own_domid(xs: Xenstore) -> int:
+def own_domid(xs: XenstoreIO) -> int:
     """The domain this agent runs in (dom0 or a stubdom): the device model's domain."""
     raw = xs.read(paths.OWN_DOMID)
     return 0 if raw is None else parse_domid(raw, path=paths.OWN_DOMID)
 
 
-def request_pages(xs: Xenstore, domid: int, pages: int, reason: str = "", *,
+def request_pages(xs: XenstoreIO, domid: int, pages: int, reason: str = "", *,
                   timeout: float = DEFAULT_TIMEOUT, dm_domid: int | None = None,
                   clock: Callable[[], float] = time.monotonic) -> DecisionRecord:
     """Ask that ``domid`` have ``pages`` extra pages in total; return the granted record.
@@ -54,7 +55,7 @@ def request_pages(xs: Xenstore, domid: int, pages: int, reason: str = "", *,
             except ProtocolError:
                 written = 0
         decided = xenstore_records.read_decision(xs, domid)
-        side, request = DeviceModelSide(domid).observe(decided).ask(
+        side, request = DeviceModelSide(domid, dm).observe(decided).ask(
             pages, reason, now=clock(), decided=decided, written=written, timeout=timeout)
         xs.transact(lambda t: t.write_dir(request_dir, request.to_nodes()))
         while True:

@@ -13,6 +13,7 @@ from xsproto.errors import XsprotoError, image_errors_from
 from xsproto.exitcodes import Exit
 from xsproto.stream import ImageSummary, summarize
 from xsproto.stream.xl_header import MANDATORY_FLAG_JSON, MANDATORY_FLAG_STREAMV2
+from xsproto.values import escaped
 
 
 def run(file: str, *, as_json: bool) -> int:
@@ -56,6 +57,11 @@ def to_json(s: ImageSummary) -> dict[str, Any]:
     }
 
 
+def _shown(text: str | None) -> str:
+    """Text from the image, safe on a terminal (a crafted name cannot carry escapes)."""
+    return "None" if text is None else escaped(text)
+
+
 def render(s: ImageSummary) -> str:
     """The summary for people: header, config, record, then one line per record."""
     h = s.header
@@ -66,13 +72,14 @@ def render(s: ImageSummary) -> str:
         lines.append("config: none")
     else:
         c = s.config
-        lines.append(f"config: name {c.name}, type {c.type}, memory {c.target_memkb} kB "
-                     f"(max {c.max_memkb} kB), uuid {c.uuid}")
+        lines.append(f"config: name {_shown(c.name)}, type {_shown(c.type)}, memory "
+                     f"{c.target_memkb} kB (max {c.max_memkb} kB), uuid {_shown(c.uuid)}")
     if s.record is None:
         lines.append("xsproto record: none (stock image)")
     else:
         r = s.record
-        lines.append(f"xsproto record: v{r.version} for {r.domain_name} (uuid {r.domain_uuid}) "
+        lines.append(f"xsproto record: v{r.version} for {_shown(r.domain_name)} (uuid "
+                     f"{_shown(r.domain_uuid)}) "
                      f"from domain {r.source_domid}: base {r.base_pages} + granted "
                      f"{r.granted_pages} pages, max {r.max_pages}")
     lines.append(f"libxl stream v{s.libxl_header.version} at byte {s.libxl_header.offset}"

@@ -14,6 +14,7 @@ from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import ProtocolError
 from xsproto.exitcodes import Exit
 from xsproto.records import DecisionState
+from xsproto.values import escaped
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def domain_status(xs: Xenstore, hv: Hypervisor, domid: int) -> DomainStatus:
 
 
 def _text(raw: bytes | None) -> str | None:
-    return None if raw is None else raw.decode("ascii", "backslashreplace")
+    return None if raw is None else escaped(raw)
 
 
 def run(domid: int | None, *, as_json: bool, xenstore: str | None) -> int:
@@ -75,20 +76,23 @@ def run(domid: int | None, *, as_json: bool, xenstore: str | None) -> int:
             d for d in xenstore_records.domids_under(xs, paths.DECISION_ROOT)
             if xs.children(paths.decision_dir(d))]
         rows = [domain_status(xs, hv, d) for d in domids]
-    if as_json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
-    else:
-        print(f"{'DOMID':>5} {'NAME':<16} {'STATE':<9} {'ASKED':>7} {'GRANTED':>8} "
-              f"{'BASE':>8} {'MAX(rec)':>9} {'MAX(Xen)':>9}  PROBLEM")
-        for r in rows:
-            print(f"{r.domid:>5} {(r.name or '-')[:16]:<16} {r.state or '-':<9} "
-                  f"{r.requested_pages or '-':>7} {_n(r.granted_pages):>8} "
-                  f"{_n(r.base_pages):>8} {_n(r.recorded_max_pages):>9} "
-                  f"{_n(r.xen_max_pages):>9}  {r.problem or ''}")
+    print(json.dumps([asdict(r) for r in rows], indent=2) if as_json else render(rows))
     if not all(r.consistent for r in rows):
         print("xsproto: recorded state and Xen disagree (see PROBLEM)", file=sys.stderr)
         return Exit.ERROR
     return Exit.OK
+
+
+def render(rows: list[DomainStatus]) -> str:
+    """The table for people; every text a guest or its device model could have written is
+    escaped (a name or a value with terminal escapes in it is shown, not obeyed)."""
+    lines = [f"{'DOMID':>5} {'NAME':<16} {'STATE':<9} {'ASKED':>7} {'GRANTED':>8} "
+             f"{'BASE':>8} {'MAX(rec)':>9} {'MAX(Xen)':>9}  PROBLEM"]
+    lines += [f"{r.domid:>5} {escaped(r.name or '-')[:16]:<16} {r.state or '-':<9} "
+              f"{escaped(r.requested_pages or '-'):>7} {_n(r.granted_pages):>8} "
+              f"{_n(r.base_pages):>8} {_n(r.recorded_max_pages):>9} "
+              f"{_n(r.xen_max_pages):>9}  {escaped(r.problem or '')}" for r in rows]
+    return "\n".join(lines)
 
 
 def _n(v: int | None) -> str:

@@ -1,10 +1,15 @@
 """The toolstack watcher: a dom0 daemon that answers device models' requests.
 
-It reads what it needs from xenstore and Xen, lets ``xsproto.negotiation`` decide, and
-carries the decision out in the only safe order: record ``applying`` (a transaction that
-fails if someone else moved the record on), set max_pages in Xen (an absolute value
-computed from the record), record ``granted``. A crash anywhere leaves a state the next
-start finishes; a second watcher racing converges on the newest record.
+Each round reads the request, the recorded decision and the grants recorded for every
+other domain, lets ``xsproto.negotiation`` decide, and records the outcome, all in one
+xenstore transaction: a concurrent writer (a second watcher, a restore) makes it
+conflict and run again, so nothing is counted twice. An increase then goes in the only
+safe order: record ``applying``, set max_pages in Xen (an absolute value computed from
+the record), record ``granted``. A crash anywhere leaves a state the next start
+finishes; a watcher that loses a race puts Xen back to the record that won.
+
+The I/O is the ``xsproto.io`` Protocols, so the test suite's simulator drives this very
+code; the state that outlives a round (rate buckets, watched areas) is ``WatcherState``.
 """
 
 from __future__ import annotations
@@ -14,27 +19,36 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
 from xsproto import logs, negotiation, paths, records
 from xsproto.adapters import xenstore_records
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.errors import HypervisorError, ProtocolError, XenstoreError
+from xsproto.errors import ProtocolError
 from xsproto.exitcodes import Exit
+from xsproto.io import HypervisorIO, XenstoreIO
 from xsproto.negotiation import Apply, Decision, DomainInfo, HostInfo, Ignore, Reject
 from xsproto.policy import Policy, RateLimiter
-from xsproto.records import DecisionRecord
+from xsproto.records import DecisionRecord, DecisionState
 
 log = logging.getLogger("xsproto.watcher")
 
 RELEASE_TOKEN = "xsproto-release"
 INTRODUCE_TOKEN = "xsproto-introduce"
 AREA_TOKEN = "xsproto-area"
+THAW_TOKEN = "xsproto-thaw:"
+"""Prefix; the domain id follows: a watch on a frozen domain's freeze node."""
 #: Rounds of decide/apply for one event before giving up (each round makes progress
 #: unless another watcher keeps moving the record on).
 MAX_ROUNDS = 8
+#: Transaction attempts of one round: a device model rewriting its own nodes without
+#: pause conflicts with every read of them, and must not hold up the others' answers.
+ROUND_ATTEMPTS = 4
+#: Seconds without events after which the device-model areas are rescanned (a stubdom's
+#: domid may be written after it was introduced) and stale freezes are lifted.
+RESCAN_SECONDS = 5.0
 #: Fault injection for the crash-safety tests: SIGKILL ourselves at this checkpoint.
 CRASH_AT_ENV = "XSPROTO_CRASH_AT"
 
@@ -47,15 +61,18 @@ def _checkpoint(name: str) -> None:
 class Work(NamedTuple):
     """One thing a batch of watch events asks the watcher to do."""
 
-    kind: Literal["release", "introduce", "request"]
+    kind: Literal["release", "introduce", "request", "thaw"]
     dm: int = 0
     domid: int = 0
 
     @property
     def path(self) -> str:
         """Where it happens, for the logs."""
-        return paths.request_dir(self.dm, self.domid) if self.kind == "request" \
-            else f"@{self.kind}Domain"
+        if self.kind == "request":
+            return paths.request_dir(self.dm, self.domid)
+        if self.kind == "thaw":
+            return paths.freeze_path(self.domid)
+        return f"@{self.kind}Domain"
 
 
 def works_in(batch: Iterable[tuple[str, str]]) -> list[Work]:
@@ -67,6 +84,8 @@ def works_in(batch: Iterable[tuple[str, str]]) -> list[Work]:
             works[Work("release")] = None
         elif token == INTRODUCE_TOKEN:
             works[Work("introduce")] = None
+        elif token.startswith(THAW_TOKEN) and token[len(THAW_TOKEN):].isdigit():
+            works[Work("thaw", domid=int(token[len(THAW_TOKEN):]))] = None
         elif token == AREA_TOKEN:
             try:
                 where = records.parse_path(path)
@@ -77,16 +96,43 @@ def works_in(batch: Iterable[tuple[str, str]]) -> list[Work]:
     return list(works)
 
 
+def holder_alive(holder: str) -> bool:
+    """Whether the process named by a freeze node (``pid N ...``) still runs here."""
+    match holder.split():
+        case ["pid", pid, *_] if pid.isdigit():
+            return os.path.exists(f"/proc/{pid}")
+    return False
+
+
+@dataclass
+class WatcherState:
+    """What a watcher keeps between rounds; everything else is read afresh."""
+
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    areas: set[int] = field(default_factory=set)
+    """Device models' domains whose area is watched."""
+    frozen: set[int] = field(default_factory=set)
+    """Domains whose freeze node is watched, to answer them once it goes."""
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one round read and decided."""
+
+    decision: Decision
+    current: DecisionRecord | None
+    nodes: dict[str, bytes]
+
+
 class Watcher:
     """One watcher over one xenstore connection and the hypervisor."""
 
-    def __init__(self, xs: Xenstore, hv: Hypervisor, policy: Policy,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, xs: XenstoreIO, hv: HypervisorIO, policy: Policy,
+                 clock: Callable[[], float] = time.monotonic,
+                 state: WatcherState | None = None) -> None:
         self.xs, self.hv, self.policy, self.clock = xs, hv, policy, clock
-        self.limiter = RateLimiter()
-        self.granted: dict[int, int] = {}
-        """Granted pages per domain, as recorded; the host budget sums it."""
-        self.areas: set[int] = set()
+        self.state = state or WatcherState()
+        self.throttle = logs.Throttle(clock=clock)
 
     # Start-up.
 
@@ -94,49 +140,37 @@ class Watcher:
         """Watch, then reconcile what happened while no watcher ran."""
         self.xs.watch(paths.RELEASE_DOMAIN, RELEASE_TOKEN)
         self.xs.watch(paths.INTRODUCE_DOMAIN, INTRODUCE_TOKEN)
-        self._watch_areas()
-        logs.event(log, "watching", areas=",".join(map(str, sorted(self.areas))),
+        self.watch_areas()
+        logs.event(log, "watching", areas=",".join(map(str, sorted(self.state.areas))),
                    cap_pages=self.policy.domain_cap_pages,
                    host_budget_pages=self.policy.host_budget_pages)
         self.reconcile()
 
-    def _watch_areas(self) -> None:
+    def watch_areas(self) -> None:
         """Watch dom0's device-model area and each stubdom device model's."""
         domids = xenstore_records.domids_under(self.xs, paths.DOMAINS_ROOT)
         wanted = {0} | {xenstore_records.dm_domid_of(self.xs, d) for d in domids}
-        for dm in sorted(wanted - self.areas):
+        for dm in sorted(wanted - self.state.areas):
             self.xs.watch(paths.device_model_area(dm), AREA_TOKEN)
-            self.areas.add(dm)
+            self.state.areas.add(dm)
 
     def reconcile(self) -> None:
         """Finish interrupted decisions, answer unanswered requests, drop dead domains."""
-        self.granted.clear()
         for domid in xenstore_records.domids_under(self.xs, paths.DECISION_ROOT):
-            record = self._record_or_none(domid)
-            if record is not None:
-                self.granted[domid] = record.granted_pages
-        for dm in sorted(self.areas):
+            self._guarded(paths.decision_dir(domid), self.handle_pending, domid)
+        for dm in sorted(self.state.areas):
             for domid in xenstore_records.domids_under(self.xs, paths.device_model_area(dm)):
                 if self.xs.children(paths.request_dir(dm, domid)):
                     self._guarded(paths.request_dir(dm, domid), self.handle, dm, domid)
-        for domid in sorted(self.granted):
-            self._guarded(paths.decision_dir(domid), self.handle_pending, domid)
         self.collect_dead()
 
     def _guarded(self, path: str, fn: Callable[..., None], *args: object) -> None:
         """One domain's trouble is logged and never stops the others being served."""
         try:
             fn(*args)
-        except (XenstoreError, ProtocolError, HypervisorError) as e:
-            logs.event(log, "failed", level=logging.ERROR, path=path, error=e)
-
-    def _record_or_none(self, domid: int) -> DecisionRecord | None:
-        try:
-            return xenstore_records.read_decision(self.xs, domid)
-        except ProtocolError as e:
-            logs.event(log, "bad-record", level=logging.WARNING, domid=domid,
-                       path=paths.decision_dir(domid), error=e)
-            return None
+        except Exception as e:
+            self.throttle.event(log, "failed", key=("failed", path), level=logging.ERROR,
+                                path=path, error=f"{type(e).__name__}: {e}")
 
     # Events.
 
@@ -145,16 +179,29 @@ class Watcher:
         if work.kind == "release":
             self.collect_dead()
         elif work.kind == "introduce":
-            self._watch_areas()
+            self.watch_areas()
+        elif work.kind == "thaw":
+            self.handle(xenstore_records.dm_domid_of(self.xs, work.domid), work.domid)
         else:
             self.handle(work.dm, work.domid)
 
     def run_forever(self) -> None:
         """Serve events; the events of one batch (a request's four keys, say) are served
-        once per thing they ask for, in order of arrival."""
-        for batch in self.xs.event_batches():
+        once per thing they ask for, in order of arrival. When nothing happens for a
+        while, rescan (see RESCAN_SECONDS)."""
+        while True:
+            batch = self.xs.next_batch(timeout=RESCAN_SECONDS)
+            if not batch:
+                self._guarded(paths.DOMAINS_ROOT, self.rescan)
             for work in works_in(batch):
                 self._guarded(work.path, self.serve, work)
+
+    def rescan(self) -> None:
+        """Watch new device models' areas; retry frozen domains (a freeze whose holder
+        died is lifted there)."""
+        self.watch_areas()
+        for domid in sorted(self.state.frozen):
+            self.handle(xenstore_records.dm_domid_of(self.xs, domid), domid)
 
     # Deciding.
 
@@ -171,103 +218,160 @@ class Watcher:
         if dm != expected:
             # Only D's own device model speaks for D; a record here would let any domain
             # overwrite D's decision, so this is logged and otherwise ignored.
-            logs.event(log, "ignored", level=logging.WARNING, domid=domid, dm=dm, path=where,
-                       why=f"domain {domid}'s device model is domain {expected}")
+            self.throttle.event(log, "ignored", key=("wrong-area", dm, domid),
+                                level=logging.WARNING, domid=domid, dm=dm, path=where,
+                                why=f"domain {domid}'s device model is domain {expected}")
+            return
+        if self._frozen(domid):
             return
         for _ in range(MAX_ROUNDS):
-            nodes, owner = xenstore_records.read_request(self.xs, dm, domid)
-            current = self._record_or_none(domid)
-            decision = negotiation.decide(
-                nodes, owner=owner, dm_domid=dm, current=current,
-                domain=self.domain(domid), host=self._host(domid), policy=self.policy,
-                limiter=self.limiter, now=self.clock())
-            if self.carry_out(domid, dm, current, decision, where, nodes):
+            done = self.decide_and_record(dm, domid)
+            if self.carry_out(domid, dm, done, where):
                 return
         logs.event(log, "gave-up", level=logging.ERROR, domid=domid, path=where,
                    why=f"record kept changing over {MAX_ROUNDS} rounds")
 
     def handle_pending(self, domid: int) -> None:
-        """At start-up: finish a decision a crash left ``applying``."""
-        current = self._record_or_none(domid)
-        decision = negotiation.recover(current, self.domain(domid))
-        if not isinstance(decision, Ignore):
-            self.carry_out(domid, xenstore_records.dm_domid_of(self.xs, domid), current, decision,
-                           paths.decision_dir(domid), {})
+        """At start-up: finish a decision a crash left ``applying`` (``decide`` recovers
+        it first, whatever the request directory holds)."""
+        current = xenstore_records.read_decision(self.xs, domid)
+        if current is not None and current.state is DecisionState.APPLYING:
+            self.handle(xenstore_records.dm_domid_of(self.xs, domid), domid)
 
-    def _host(self, domid: int) -> HostInfo:
-        elsewhere = sum(g for d, g in self.granted.items() if d != domid)
-        return HostInfo(free_pages=self.hv.free_pages(), granted_elsewhere=elsewhere)
+    def _frozen(self, domid: int) -> bool:
+        """Whether an image hook is saving ``domid`` (then nothing is decided for it: a
+        raised grant would miss the image). A freeze whose holder is gone is lifted."""
+        holder = xenstore_records.frozen_by(self.xs, domid)
+        if holder is not None and not holder_alive(holder):
+            xenstore_records.thaw(self.xs, domid)
+            logs.event(log, "thawed", level=logging.WARNING, domid=domid,
+                       path=paths.freeze_path(domid), holder=holder, why="holder is gone")
+            holder = None
+        watched = domid in self.state.frozen
+        if holder is not None and not watched:
+            self.xs.watch(paths.freeze_path(domid), f"{THAW_TOKEN}{domid}")
+            self.state.frozen.add(domid)
+            logs.event(log, "frozen", domid=domid, path=paths.freeze_path(domid),
+                       holder=holder)
+        elif holder is None and watched:
+            self.xs.unwatch(paths.freeze_path(domid), f"{THAW_TOKEN}{domid}")
+            self.state.frozen.discard(domid)
+        return holder is not None
+
+    def decide_and_record(self, dm: int, domid: int) -> Round:
+        """One transaction: read the request, the record and the other grants, decide,
+        and write the record the decision calls for (applying, or rejected)."""
+        domain = self.domain(domid)
+        free = self.hv.free_pages()
+        limits = self.policy.limits_for(domid, domain.name)
+
+        def step(t: XenstoreIO) -> Round:
+            nodes, owner = xenstore_records.request_in(t, dm, domid)
+            existing, current = xenstore_records.decision_in(t, domid)
+            host = HostInfo(free_pages=free, granted_elsewhere=xenstore_records.granted_elsewhere(
+                t, domid, unreadable=limits.cap_pages))
+            decision = negotiation.decide(
+                nodes, owner=owner, dm_domid=dm, current=current, domain=domain, host=host,
+                policy=self.policy, limiter=self.state.limiter, now=self.clock())
+            record = (decision.record if isinstance(decision, Apply | Reject) else None)
+            if record is not None and record != current:
+                self._write_record(t, domid, dm, record, existing)
+            return Round(decision, current, nodes)
+
+        return self.xs.transact(step, attempts=ROUND_ATTEMPTS)
+
+    def _write_record(self, t: XenstoreIO, domid: int, dm: int, record: DecisionRecord,
+                      existing: dict[str, bytes]) -> None:
+        """Write what changed, and make sure D's device model may read it (a restore may
+        have recorded it before libxl said which domain that is)."""
+        where = paths.decision_dir(domid)
+        wanted = list(paths.decision_permissions(dm))
+        nodes = record.to_nodes()
+        if not existing:
+            t.write_dir(where, nodes, perms=wanted)
+            return
+        t.write_dir(where, {k: v for k, v in nodes.items() if existing.get(k) != v})
+        if t.perms(where) != wanted:
+            for path in (where, *(f"{where}/{key}" for key in nodes)):
+                t.set_perms(path, wanted)
 
     # Carrying out.
 
-    def carry_out(self, domid: int, dm: int, current: DecisionRecord | None,
-                  decision: Decision, where: str, nodes: dict[str, bytes]) -> bool:
-        """Do what ``decision`` says; False when the record moved on and it must be redone."""
-        fields: dict[str, Any] = {"domid": domid, "dm": dm, "path": where,
-                                  "pages": nodes.get(records.PAGES, b"").decode("ascii", "replace")
-                                  or None}
+    def carry_out(self, domid: int, dm: int, done: Round, where: str) -> bool:
+        """Finish what a round decided; False when the record moved on and it must be
+        redone."""
+        decision = done.decision
+        fields: dict[str, Any] = {
+            "domid": domid, "dm": dm, "path": where,
+            "pages": done.nodes.get(records.PAGES, b"").decode("ascii", "backslashreplace")
+            or None}
         if isinstance(decision, Ignore):
             logs.event(log, "ignored", level=logging.DEBUG, **fields, why=decision.why)
             return True
         if isinstance(decision, Reject):
             if decision.record is None:
                 self.forget(domid)
-            elif not self._swap(domid, dm, current, decision.record):
-                return False
-            logs.event(log, "decision", **fields, result="rejected", code=decision.code,
-                       detail=decision.detail)
+            self.throttle.event(log, "decision", key=("rejected", domid), **fields,
+                                result="rejected", code=decision.code, detail=decision.detail)
             return True
-        return self._apply(domid, dm, current, decision, fields)
+        return self._apply(domid, dm, decision, fields)
 
-    def _apply(self, domid: int, dm: int, current: DecisionRecord | None, decision: Apply,
-               fields: dict[str, Any]) -> bool:
+    def _apply(self, domid: int, dm: int, decision: Apply, fields: dict[str, Any]) -> bool:
         record = decision.record
-        if record != current and not self._swap(domid, dm, current, record):
-            return False
         _checkpoint("after-applying")
         self.hv.set_max_pages(domid, decision.target)
         _checkpoint("after-hypercall")
         done = negotiation.finish(record)
         if not self._swap(domid, dm, record, done):
-            return False  # another watcher moved on: redo from its record, which sets Xen
-        self.granted[domid] = done.granted_pages
+            self.follow_record(domid)  # another watcher moved on: Xen follows its record
+            return False
+        if decision.charge is not None:
+            self.state.limiter.charge(domid, decision.charge)
         logs.event(log, "decision", **fields, result="granted", request_id=done.request_id,
                    base_pages=done.base_pages, granted_pages=done.granted_pages,
                    max_pages=done.max_pages)
         return True
 
-    def _swap(self, domid: int, dm: int, expected: DecisionRecord | None,
+    def _swap(self, domid: int, dm: int, expected: DecisionRecord,
               record: DecisionRecord) -> bool:
         """Write ``record`` if the recorded one is still ``expected`` (one transaction)."""
-        where = paths.decision_dir(domid)
 
-        def txn(xs: Xenstore) -> bool:
-            nodes, now = xenstore_records.decision_in(xs, domid)
+        def txn(t: XenstoreIO) -> bool:
+            existing, now = xenstore_records.decision_in(t, domid)
             if now != expected:
                 return False
-            if now is None:
-                xs.write_dir(where, record.to_nodes(), perms=paths.decision_permissions(dm))
-            else:  # only what changed: fewer round trips, and fewer events for the agent
-                xs.write_dir(where, {k: v for k, v in record.to_nodes().items()
-                                     if nodes.get(k) != v})
+            self._write_record(t, domid, dm, record, existing)
             return True
 
         return self.xs.transact(txn)
 
+    def follow_record(self, domid: int) -> None:
+        """Set Xen's limit to what the record in force says, until the record holds still
+        (a stalled watcher's hypercall must not outlive the record that replaced it). An
+        ``applying`` record is left to whoever is applying it, or to the next round."""
+        for _ in range(MAX_ROUNDS):
+            current = xenstore_records.read_decision(self.xs, domid)
+            if current is None or current.state is DecisionState.APPLYING:
+                return
+            self.hv.set_max_pages(domid, current.grant.max_pages)
+            if xenstore_records.read_decision(self.xs, domid) == current:
+                logs.event(log, "followed", domid=domid, path=paths.decision_dir(domid),
+                           max_pages=current.grant.max_pages)
+                return
+
     # Domain death.
 
     def collect_dead(self) -> None:
-        """Remove the nodes of domains Xen no longer has."""
+        """Remove the nodes of domains Xen no longer has (a dying domain is gone; a shut
+        down one, suspended for a save, is not)."""
         alive = set(self.hv.domids())
-        for domid in set(self.granted) - alive:
-            self.forget(domid)
-        for dm in sorted(self.areas):
+        for domid in xenstore_records.domids_under(self.xs, paths.DECISION_ROOT):
+            if domid not in alive:
+                self.forget(domid)
+        for dm in sorted(self.state.areas):
             for domid in xenstore_records.domids_under(self.xs, paths.device_model_area(dm)):
                 if domid not in alive:
                     self._remove_request(dm, domid)
-        for domid in xenstore_records.domids_under(self.xs, paths.DECISION_ROOT):
-            if domid not in alive:
-                self.xs.remove(paths.decision_dir(domid))
 
     def _remove_request(self, dm: int, domid: int) -> None:
         """Remove the request; and its parent too when the device model left nothing else
@@ -278,11 +382,15 @@ class Watcher:
             self.xs.remove(parent)
 
     def forget(self, domid: int) -> None:
-        for dm in sorted(self.areas | {xenstore_records.dm_domid_of(self.xs, domid)}):
+        dms = self.state.areas | {xenstore_records.dm_domid_of(self.xs, domid)}
+        for dm in sorted(dms):
             self._remove_request(dm, domid)
         self.xs.remove(paths.decision_dir(domid))
-        self.granted.pop(domid, None)
-        self.limiter.forget(domid)
+        self.xs.remove(paths.freeze_path(domid))
+        self.state.limiter.forget(domid)
+        if domid in self.state.frozen:
+            self.xs.unwatch(paths.freeze_path(domid), f"{THAW_TOKEN}{domid}")
+            self.state.frozen.discard(domid)
         logs.event(log, "forgotten", domid=domid, path=paths.decision_dir(domid))
 
 
