@@ -45,6 +45,10 @@ class XenstoreError(XsprotoError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
+class TransactionConflict(XenstoreError):
+    """A transaction kept conflicting with other writers for all its attempts."""
+
+
 class HypervisorError(XsprotoError):
     """A hypercall failed or the domain is not in a usable state."""
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from .fetch import LabFiles
 
 STAGE2 = Path(__file__).resolve().parent / "dom0-stage2"
-XENSTOREDS = ("c", "ocaml")
+XENSTOREDS = ("c", "ocaml", "ocaml-eagain")
+"""``ocaml-eagain``: oxenstored with ``test-eagain = true`` (random transaction EAGAIN)."""
 #: Variables of the caller's environment that make no sense inside dom0.
 ENV_DENYLIST = frozenset({"PWD", "OLDPWD", "SHLVL", "_", "TMPDIR", "DISPLAY", "TERM_PROGRAM",
                           "SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY",

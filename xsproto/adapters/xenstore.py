@@ -24,7 +24,7 @@ import pyxs
 from pyxs.connection import UnixSocketConnection, XenBusConnection
 from pyxs.exceptions import PyXSError
 
-from xsproto.errors import XenstoreError
+from xsproto.errors import TransactionConflict, XenstoreError
 
 T = TypeVar("T")
 
@@ -234,7 +234,7 @@ class Xenstore:
                 conflict = e
             if attempt < attempts:
                 time.sleep(backoff_delay(attempt))
-        raise XenstoreError(f"transaction still conflicting after {attempts} "
+        raise TransactionConflict(f"transaction still conflicting after {attempts} "
                             "attempts") from conflict
 
     def _attempt(self, fn: Callable[[Xenstore], T]) -> T:

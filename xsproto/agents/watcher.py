@@ -26,7 +26,7 @@ from xsproto import logs, negotiation, paths, records
 from xsproto.adapters import xenstore_records
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.errors import ProtocolError
+from xsproto.errors import ProtocolError, TransactionConflict
 from xsproto.exitcodes import Exit
 from xsproto.io import HypervisorIO, XenstoreIO
 from xsproto.negotiation import Apply, Decision, DomainInfo, HostInfo, Ignore, Reject
@@ -46,6 +46,8 @@ MAX_ROUNDS = 8
 #: Transaction attempts of one round: a device model rewriting its own nodes without
 #: pause conflicts with every read of them, and must not hold up the others' answers.
 ROUND_ATTEMPTS = 4
+#: Seconds to wait for events before serving deferred requests again.
+DEFERRED_SECONDS = 0.05
 #: Seconds without events after which the device-model areas are rescanned (a stubdom's
 #: domid may be written after it was introduced) and stale freezes are lifted.
 RESCAN_SECONDS = 5.0
@@ -113,6 +115,9 @@ class WatcherState:
     """Device models' domains whose area is watched."""
     frozen: set[int] = field(default_factory=set)
     """Domains whose freeze node is watched, to answer them once it goes."""
+    deferred: dict[Work, None] = field(default_factory=dict)
+    """Requests whose round kept conflicting (their device model keeps writing): served
+    again after everyone else's, so one busy device model delays nobody but itself."""
 
 
 @dataclass(frozen=True)
@@ -190,10 +195,13 @@ class Watcher:
         once per thing they ask for, in order of arrival. When nothing happens for a
         while, rescan (see RESCAN_SECONDS)."""
         while True:
-            batch = self.xs.next_batch(timeout=RESCAN_SECONDS)
-            if not batch:
+            deferred = list(self.state.deferred)
+            self.state.deferred.clear()
+            batch = self.xs.next_batch(timeout=DEFERRED_SECONDS if deferred
+                                       else RESCAN_SECONDS)
+            if not batch and not deferred:
                 self._guarded(paths.DOMAINS_ROOT, self.rescan)
-            for work in works_in(batch):
+            for work in [*works_in(batch), *deferred]:
                 self._guarded(work.path, self.serve, work)
 
     def rescan(self) -> None:
@@ -225,7 +233,14 @@ class Watcher:
         if self._frozen(domid):
             return
         for _ in range(MAX_ROUNDS):
-            done = self.decide_and_record(dm, domid)
+            try:
+                done = self.decide_and_record(dm, domid)
+            except TransactionConflict:
+                self.state.deferred[Work("request", dm, domid)] = None
+                self.throttle.event(log, "deferred", key=("deferred", dm, domid),
+                                    level=logging.WARNING, domid=domid, dm=dm, path=where,
+                                    why=f"still conflicting after {ROUND_ATTEMPTS} attempts")
+                return
             if self.carry_out(domid, dm, done, where):
                 return
         logs.event(log, "gave-up", level=logging.ERROR, domid=domid, path=where,
