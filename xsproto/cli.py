@@ -37,7 +37,15 @@ def _domid(text: str) -> int:
 
 def _watcher(a: argparse.Namespace) -> int:
     from xsproto.agents import watcher
+    if a.check_config:
+        return watcher.check_config(a.policy)
     return watcher.run(a.policy, xenstore=a.xenstore)
+
+
+def _reconcile(a: argparse.Namespace) -> int:
+    from xsproto.agents import reconcile
+    return reconcile.run(a.domid, a.action, policy_file=a.policy, as_json=a.json,
+                         xenstore=a.xenstore)
 
 
 def _request(a: argparse.Namespace) -> int:
@@ -54,6 +62,8 @@ def _withdraw(a: argparse.Namespace) -> int:
 
 def _status(a: argparse.Namespace) -> int:
     from xsproto.agents import status
+    if a.follow:
+        return status.follow(as_json=a.json, xenstore=a.xenstore)
     return status.run(a.domid, as_json=a.json, xenstore=a.xenstore)
 
 
@@ -105,8 +115,26 @@ def _add_negotiation(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                                    "by policy, raise max_pages in Xen and record the "
                                    "decision. Runs in the foreground; one log line a decision.")
     p.add_argument("--policy", metavar="FILE",
-                   help="policy file (JSON or TOML); default: the safe built-in policy")
+                   help="policy file (.toml or .json); default: /etc/xen/xsproto.toml, or "
+                        "the built-in defaults when it is absent")
+    p.add_argument("--check-config", action="store_true",
+                   help="check the policy and exit (0 valid, 1 not)")
     p.set_defaults(run=_watcher)
+
+    p = sub.add_parser("reconcile", help="bring Xen's limits and the records into agreement",
+                       description="For each domain whose Xen limit is not the recorded "
+                                   "base + granted (an admin's xl mem-max), reapply the "
+                                   "record or adopt Xen's limit as the grant (default: the "
+                                   "policy's on_drift). Exit 0 when all agree afterwards.")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--adopt", dest="action", action="store_const", const="adopt",
+                     help="record Xen's limit as the grant")
+    how.add_argument("--reapply", dest="action", action="store_const", const="reapply",
+                     help="set Xen's limit back to the record's")
+    p.add_argument("--domid", type=_domid, default=None, help="only this domain")
+    p.add_argument("--policy", metavar="FILE", help="as for the watcher")
+    p.add_argument("--json", action="store_true", help="what was done, as JSON")
+    p.set_defaults(run=_reconcile)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--domid", type=_domid, required=True, help="the guest's domain id")
@@ -129,10 +157,15 @@ def _add_negotiation(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.set_defaults(run=_withdraw)
 
     p = sub.add_parser("status", help="per domain: request, decision and Xen's limit",
-                       description="Show each domain's request, the recorded decision and "
-                                   "Xen's live limit. Exit 1 when they disagree.")
+                       description="Show whether a watcher serves, and each domain's "
+                                   "request (pending or answered), the recorded decision "
+                                   "and Xen's live limit. Exit 5 when a limit drifted from "
+                                   "its record, 1 when a record is unreadable.")
     p.add_argument("--domid", type=_domid, default=None, help="only this domain")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--follow", action="store_true",
+                   help="print protocol events as they happen, until interrupted")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output (with --follow: one object a line)")
     p.set_defaults(run=_status)
 
 
@@ -205,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xsproto",
         description="Negotiate a device model's extra guest pages through xenstore.",
-        epilog="Exit status: 0 ok, 1 error, 2 usage, 3 rejected, 4 timeout.")
+        epilog="Exit status: 0 ok, 1 error, 2 usage, 3 rejected, 4 timeout, 5 drift.")
     parser.add_argument("--version", action="version", version=f"xsproto {__version__}")
     parser.add_argument("--xenstore", metavar="PATH", default=None,
                         help="xenstored's socket, or /dev/xen/xenbus (default: pyxs's choice)")
@@ -220,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "logs", True):  # after parsing: --help needs no logging
-        from xsproto import logs
-        logs.configure(args.log_level)
+        from xsproto.adapters import systemd
+        systemd.configure_logging(args.log_level)
     run: Run = args.run
     try:
         return run(args)

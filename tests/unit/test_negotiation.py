@@ -22,7 +22,9 @@ from xsproto.negotiation import (
     Ignore,
     Reject,
     RejectCode,
+    adopted,
     decide,
+    drift,
     finish,
     recover,
 )
@@ -337,7 +339,7 @@ def applying(pages: int, rid: int = 2) -> DecisionRecord:
 def test_recover_finishes_applying() -> None:
     rec = applying(4096)
     d = recover(rec, GUEST)
-    assert d == Apply(rec, BASE + 4096)
+    assert d == Apply(rec, BASE + 4096, rule="recover")
 
 
 @pytest.mark.parametrize("current", [None, granted(5)])
@@ -359,7 +361,7 @@ def test_recover_for_dead_domain(domain: DomainInfo, code: RejectCode) -> None:
 
 def test_decide_finishes_pending_work_first() -> None:
     rec = applying(4096, rid=2)
-    assert run(nodes(1, 3), rec) == Apply(rec, BASE + 4096)
+    assert run(nodes(1, 3), rec) == Apply(rec, BASE + 4096, rule="recover")
     assert isinstance(run(nodes(1, 3), finish(rec)), Apply)
 
 
@@ -587,3 +589,24 @@ def test_a_device_model_out_of_request_ids_gets_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="no request-id left") as err:
         DeviceModelSide(domid=D).observe(top).ask(10, now=0.0, decided=top)
     assert err.value.path == paths.request_dir(M, D)
+
+
+# --- drift: Xen's limit changed behind the record's back (xl mem-max) -------------------
+
+
+def test_drift_is_xen_differing_from_the_record_in_force() -> None:
+    rec = granted(2048)
+    assert drift(rec, replace(GUEST, max_pages=BASE + 2048)) is None
+    assert drift(rec, replace(GUEST, max_pages=BASE + 100)) == BASE + 100
+    assert drift(None, GUEST) is None
+    assert drift(applying(2048, 1), GUEST) is None
+    assert drift(rec, DomainInfo(domid=D, exists=False)) is None
+
+
+def test_adopting_makes_xen_the_grant() -> None:
+    assert adopted(granted(2048), BASE + 100).grant == Grant(BASE, 100)
+    lowered = adopted(granted(2048), BASE - 1000)
+    assert lowered.grant == Grant(BASE - 1000, 0) and lowered.state is DecisionState.GRANTED
+    over_cap = run(nodes(9000, 2), granted(2048, 1), domain=replace(GUEST, max_pages=BASE + 2048))
+    assert isinstance(over_cap, Reject) and over_cap.record is not None
+    assert adopted(over_cap.record, BASE + 5).reason == ""

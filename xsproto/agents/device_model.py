@@ -11,15 +11,15 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
-from xsproto import paths, records
+from xsproto import fields, paths, records
 from xsproto.adapters import xenstore_records
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import NegotiationTimeout, ProtocolError, RequestRejected
 from xsproto.exitcodes import Exit
 from xsproto.io import XenstoreIO
 from xsproto.negotiation import DeviceModelSide, RejectCode
+from xsproto.outputs import Outcome, RequestOutput
 from xsproto.records import DecisionRecord
 from xsproto.values import DEFAULT_TIMEOUT, parse_domid, parse_request_id
 
@@ -69,32 +69,34 @@ def request_pages(xs: XenstoreIO, domid: int, pages: int, reason: str = "", *,
         xs.unwatch(decision_dir, DECISION_TOKEN)
 
 
-def _result(record: DecisionRecord, domid: int) -> dict[str, Any]:
-    return {"domid": domid, "state": record.state.value, "request_id": record.request_id,
-            "base_pages": record.base_pages, "granted_pages": record.granted_pages,
-            "max_pages": record.max_pages}
-
-
 def run_request(domid: int, pages: int, reason: str, *, timeout: float,
                 dm_domid: int | None, as_json: bool, xenstore: str | None) -> int:
-    """``xsproto request`` / ``withdraw``: ask, wait, print the outcome; the exit status
-    says granted, rejected or timed out."""
+    """``xsproto request`` / ``withdraw``: ask, wait, print the outcome (with ``as_json``
+    one RequestOutput document, whatever the outcome); the exit status says granted (0),
+    rejected (3) or timed out (4)."""
     try:
         with Xenstore(xenstore) as xs:
             record = request_pages(xs, domid, pages, reason, timeout=timeout,
                                    dm_domid=dm_domid)
     except RequestRejected as e:
-        if as_json:
-            print(json.dumps({"domid": domid, "state": "rejected", "code": e.code,
-                              "detail": e.detail}))
-        print(f"xsproto: {e}", file=sys.stderr)
+        _print(as_json, RequestOutput(domid=domid, outcome=Outcome.REJECTED, code=e.code,
+                                      detail=e.detail), f"xsproto: {e}", stderr=True)
         return Exit.REJECTED
     except NegotiationTimeout as e:
-        print(f"xsproto: {e} within {timeout:g} s (is the watcher running?)", file=sys.stderr)
+        _print(as_json, RequestOutput(domid=domid, outcome=Outcome.TIMED_OUT, detail=str(e)),
+               f"xsproto: {e} within {timeout:g} s (is the watcher running?)", stderr=True)
         return Exit.TIMEOUT
-    if as_json:
-        print(json.dumps(_result(record, domid)))
-    else:
-        print(f"domain {domid}: granted {record.granted_pages} extra pages, "
-              f"max_pages {record.max_pages} (base {record.base_pages})")
+    _print(as_json, RequestOutput(domid=domid, outcome=Outcome.GRANTED,
+                                  request_id=record.request_id, base_pages=record.base_pages,
+                                  granted_pages=record.granted_pages,
+                                  max_pages=record.max_pages),
+           f"domain {domid}: granted {record.granted_pages} extra pages, "
+           f"max_pages {record.max_pages} (base {record.base_pages})")
     return Exit.OK
+
+
+def _print(as_json: bool, document: RequestOutput, text: str, *, stderr: bool = False) -> None:
+    if as_json:
+        print(json.dumps(fields.dump(document)))
+    if stderr or not as_json:
+        print(text, file=sys.stderr if stderr else sys.stdout)
