@@ -398,13 +398,14 @@ class DeviceModelSide:
         reason: str = "",
         *,
         now: float,
-        decided: DecisionRecord | None,
+        decided: int,
         written: int = 0,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> tuple[DeviceModelSide, Request]:
-        """Build the next request; ``written`` is a request-id already in the request
-        directory (a restarted device model must not reuse it)."""
-        floor = max(self.request_id, written, decided.request_id if decided else 0)
+        """Build the next request above ``decided`` (the recorded decision's request-id,
+        0 for none) and ``written`` (a request-id already in the request directory): a
+        restarted device model must not reuse an id."""
+        floor = max(self.request_id, written, decided)
         if floor >= REQUEST_ID_MAX:
             raise ProtocolError(f"no request-id left above {floor}: remove the request and "
                                 "decision directories to start over",

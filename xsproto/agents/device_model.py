@@ -20,10 +20,11 @@ from xsproto.exitcodes import Exit
 from xsproto.io import XenstoreIO
 from xsproto.negotiation import DeviceModelSide, RejectCode
 from xsproto.outputs import Outcome, RequestOutput
-from xsproto.records import DecisionRecord
+from xsproto.records import DecisionRecord, DecisionState
 from xsproto.values import DEFAULT_TIMEOUT, parse_domid, parse_request_id
 
 DECISION_TOKEN = "xsproto-decision"
+_APPLYING = DecisionState.APPLYING.value.encode("ascii")
 
 
 def own_domid(xs: XenstoreIO) -> int:
@@ -47,19 +48,12 @@ def request_pages(xs: XenstoreIO, domid: int, pages: int, reason: str = "", *,
     request_dir, decision_dir = paths.request_dir(dm, domid), paths.decision_dir(domid)
     xs.watch(decision_dir, DECISION_TOKEN)
     try:
-        raw_written = xs.read(f"{request_dir}/{records.REQUEST_ID}")
-        written = 0
-        if raw_written is not None:
-            try:
-                written = parse_request_id(raw_written, path=f"{request_dir}/{records.REQUEST_ID}")
-            except ProtocolError:
-                written = 0
-        decided = xenstore_records.read_decision(xs, domid)
-        side, request = DeviceModelSide(domid, dm).observe(decided).ask(
-            pages, reason, now=clock(), decided=decided, written=written, timeout=timeout)
+        side, request = DeviceModelSide(domid, dm).ask(
+            pages, reason, now=clock(), decided=_id_in(xs, decision_dir),
+            written=_id_in(xs, request_dir), timeout=timeout)
         xs.transact(lambda t: t.write_dir(request_dir, request.to_nodes()))
         while True:
-            record = xenstore_records.read_decision(xs, domid)
+            record = _answer(xs, domid, request.request_id)
             side = side.observe(record).tick(clock())
             if side.outcome() is not None:
                 assert record is not None  # outcome() is set only from a record
@@ -67,6 +61,35 @@ def request_pages(xs: XenstoreIO, domid: int, pages: int, reason: str = "", *,
             xs.next_batch(timeout=max(0.0, side.deadline - clock()))
     finally:
         xs.unwatch(decision_dir, DECISION_TOKEN)
+
+
+def _id_in(xs: XenstoreIO, where: str) -> int:
+    """The request-id recorded in a request or decision directory; 0 when there is none
+    or it is unreadable (the id floor only; a single node, read as it is)."""
+    path = f"{where}/{records.REQUEST_ID}"
+    raw = xs.read(path)
+    try:
+        return 0 if raw is None else parse_request_id(raw, path=path, allow_zero=True)
+    except ProtocolError:
+        return 0
+
+
+def _answer(xs: XenstoreIO, domid: int, asked: int) -> DecisionRecord | None:
+    """The decision record once it may answer request ``asked``, else None. Two single
+    reads tell whether the whole record (read in a transaction, strictly) is worth
+    reading: not while it answers an older id, nor while the watcher applies ours."""
+    where = paths.decision_dir(domid)
+    raw_id, state = xs.read(f"{where}/{records.REQUEST_ID}"), xs.read(f"{where}/{records.STATE}")
+    if raw_id is None:
+        return None
+    try:
+        decided = parse_request_id(raw_id, path=f"{where}/{records.REQUEST_ID}",
+                                   allow_zero=True)
+    except ProtocolError:
+        decided = asked  # let the strict read say what is wrong with it
+    if decided < asked or (decided == asked and state == _APPLYING):
+        return None
+    return xenstore_records.read_decision(xs, domid)
 
 
 def run_request(domid: int, pages: int, reason: str, *, timeout: float,

@@ -403,13 +403,30 @@ class Watcher:
         self.hv.set_max_pages(domid, decision.target)
         _checkpoint("after-hypercall")
         done = negotiation.finish(record)
-        if not self._swap(domid, dm, record, done):
+        if not self._finish(domid, record, done):
             self.follow_record(domid)  # another watcher moved on: Xen follows its record
             return False
         if decision.charge is not None:
             self.state.limiter.charge(domid, decision.charge)
         self._audit(domid, "granted", old, done, rule=decision.rule, **asked)
         return True
+
+    def _finish(self, domid: int, applying: DecisionRecord, done: DecisionRecord) -> bool:
+        """Write ``done``'s state if the record is still ``applying`` (one transaction).
+        Its request-id and state tell: a record moved on (another watcher's newer id, a
+        restore's id 0, a finished state) differs in one of them, and nothing else
+        rewrites an applying record."""
+        where = paths.decision_dir(domid)
+        before, after = applying.to_nodes(), done.to_nodes()
+
+        def txn(t: XenstoreIO) -> bool:
+            now = t.read_keys(where, (records.REQUEST_ID, records.STATE))
+            if now != {k: before[k] for k in (records.REQUEST_ID, records.STATE)}:
+                return False
+            t.write(f"{where}/{records.STATE}", after[records.STATE])
+            return True
+
+        return self.xs.transact(txn)
 
     def _swap(self, domid: int, dm: int, expected: DecisionRecord,
               record: DecisionRecord) -> bool:
