@@ -7,6 +7,7 @@ runs, so ``--help`` and ``inspect-image`` never pay for xenstore or the hypervis
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -229,7 +230,7 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                        description="Show the xl header, the domain config summary, the "
                                    "xsproto record and every libxl/libxc record with its "
                                    "size, without keeping page data in memory.")
-    p.add_argument("file", help="image file")
+    p.add_argument("file", help="image file, or - for standard input")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(run=_inspect, logs=False)  # it logs nothing: spare the import
 
@@ -242,8 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xsproto {__version__}")
     parser.add_argument("--xenstore", metavar="PATH", default=None,
                         help="xenstored's socket, or /dev/xen/xenbus (default: pyxs's choice)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("--log-level", default="INFO",
+                          choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    loudness.add_argument("-v", "--verbose", dest="log_level", action="store_const",
+                          const="DEBUG", help="log everything (--log-level DEBUG)")
+    loudness.add_argument("-q", "--quiet", dest="log_level", action="store_const",
+                          const="WARNING", help="log only trouble (--log-level WARNING)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_negotiation(sub)
     _add_images(sub)
@@ -263,3 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Exit.ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``... | head -1``): what it wanted it has. Python would
+        # complain again flushing stdout at exit, so point stdout at nothing first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return Exit.OK

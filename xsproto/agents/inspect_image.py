@@ -7,6 +7,7 @@ headers are kept, so a multi-gigabyte image is inspected in constant memory.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from xsproto import fields, outputs
@@ -18,10 +19,14 @@ from xsproto.values import escaped
 
 
 def run(file: str, *, as_json: bool) -> int:
-    """``xsproto inspect-image``."""
+    """``xsproto inspect-image FILE`` (``-``: standard input, e.g. an image piped in)."""
     try:
-        with open(file, "rb") as src, image_errors_from(file):
-            summary = summarize(src)
+        if file == "-":
+            with image_errors_from("standard input"):
+                summary = summarize(sys.stdin.buffer)
+        else:
+            with open(file, "rb") as src, image_errors_from(file):
+                summary = summarize(src)
     except OSError as e:
         raise XsprotoError(f"{file}: cannot read: {e.strerror or e}") from e
     print(json.dumps(to_json(summary), indent=2) if as_json else render(summary))
