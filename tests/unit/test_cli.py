@@ -41,7 +41,7 @@ def test_inspect_image_reads_standard_input(many_records: Path) -> None:
 
 
 def test_bad_input_on_standard_input_is_a_clear_error() -> None:
-    done = subprocess.run([*XSPROTO, "inspect-image", "-"], input=b"garbage\n",
+    done = subprocess.run([*XSPROTO, "inspect-image", "-"], input="garbage\n",
                           capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.startswith("xsproto: standard input: at byte 0:")
