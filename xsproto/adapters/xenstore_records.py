@@ -106,3 +106,16 @@ def frozen_by(xs: XenstoreIO, domid: int) -> str | None:
     """Who froze negotiation for ``domid`` (``pid N``), None when nobody did."""
     raw = xs.read(paths.freeze_path(domid))
     return None if raw is None else raw.decode("ascii", "backslashreplace")
+
+
+def limit_in_force(xs: XenstoreIO, domid: int) -> int | None:
+    """``base-pages + granted-pages`` of D's record, read key by key outside a
+    transaction: a quick look for a periodic check (a torn or odd read gives a wrong
+    answer or None, and the caller then reads the record properly)."""
+    where = paths.decision_dir(domid)
+    nodes = xs.read_keys(where, (records.BASE_PAGES, records.GRANTED_PAGES))
+    try:
+        return sum(parse_pages(nodes[key], path=f"{where}/{key}")
+                   for key in (records.BASE_PAGES, records.GRANTED_PAGES))
+    except (KeyError, ProtocolError):
+        return None

@@ -240,8 +240,10 @@ class Watcher:
         """Reapply or adopt (``action``, default the policy's ``on_drift``) if Xen's limit
         is not the record's; what was done, None when nothing drifted. Logged once per
         drift: the limit agrees with the record afterwards."""
-        current = xenstore_records.read_decision(self.xs, domid)
         domain = self.hv.domain(domid)
+        if xenstore_records.limit_in_force(self.xs, domid) == domain.max_pages:
+            return None  # the cheap look (three single reads) says all is well
+        current = xenstore_records.read_decision(self.xs, domid)
         xen = negotiation.drift(current, domain)
         if current is None or xen is None:
             return None
