@@ -186,7 +186,7 @@ def test_hostile_values_are_rejected_and_change_nothing(
                         f"{where}/request-id", str(100 + i)], check=True)
         record = decided(xs, domid, 100 + i)
         assert record.state is DecisionState.REJECTED, value
-        assert record.rejection is not None and record.rejection[0] is code, (value, record)
+        assert record.rejection is not None and record.rejection[0] == code, (value, record)
         assert max_pages(hv, domid) == base
     for bad_reason in ("x" * 200, "tab\there", "ünï"):
         subprocess.run(["xenstore-write", "--", f"{where}/reason", bad_reason,
