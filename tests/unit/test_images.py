@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from xsproto import carrying
-from xsproto.adapters import xl
+from xsproto.adapters import xenstore_records, xl
 from xsproto.agents import inspect_image, migrate, restore, save
 from xsproto.errors import HypervisorError, ImageError, ProtocolError
 from xsproto.grant import Grant
@@ -280,3 +284,100 @@ def test_record_in_the_image_matches_the_grant() -> None:
     record = find_record(read_header(io.BytesIO(bytes(out.data)))[0])
     assert record is not None
     assert (record.base_pages, record.granted_pages, record.max_pages) == (33024, 2048, 35072)
+
+
+# Freezing negotiation while saving or migrating.
+
+class FakeXenstore:
+    def __enter__(self) -> FakeXenstore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class FakeHypervisor:
+    def domain(self, domid: int) -> DomainInfo:
+        return replace(LIVE, domid=domid)
+
+
+class FakeXlSave:
+    """Stands for ``xl save``: writes ``image`` into the pipe it is given, runs ``during``
+    meanwhile (the domain is being saved), then exits with ``status``."""
+
+    def __init__(self, calls: list[str], image: bytes, status: int = 0,
+                 during: Callable[[], None] = lambda: None) -> None:
+        self.calls, self.image, self.status, self.during = calls, image, status, during
+        self.thread: threading.Thread | None = None
+
+    def start(self, verb: str, args: list[str], *, feed: bool = False,
+              pass_fds: tuple[int, ...] = ()) -> FakeXlSave:
+        self.calls.append(f"xl {verb}")
+        fd = os.dup(pass_fds[0])
+
+        def write() -> None:
+            with open(fd, "wb") as pipe, contextlib.suppress(BrokenPipeError):
+                pipe.write(self.image)
+                self.during()
+
+        self.thread = threading.Thread(target=write)
+        self.thread.start()
+        return self
+
+    def wait(self) -> int:
+        assert self.thread is not None
+        self.thread.join()
+        return self.status
+
+    def poll(self) -> int | None:
+        return None if self.thread is not None and self.thread.is_alive() else self.status
+
+
+@pytest.fixture
+def hooks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Fakes of xenstore, Xen and xl under the image hooks; the calls they see, in order."""
+    calls: list[str] = []
+    monkeypatch.setattr(xenstore_records, "freeze",
+                        lambda xs, domid, holder: calls.append(f"freeze {domid} {holder}"))
+    monkeypatch.setattr(xenstore_records, "thaw", lambda xs, domid: calls.append(f"thaw {domid}"))
+
+    def read_decision(xs: Any, domid: int) -> DecisionRecord:
+        calls.append(f"read {domid}")
+        return _decision()
+
+    monkeypatch.setattr(xenstore_records, "read_decision", read_decision)
+    monkeypatch.setattr(xl, "domid_of", lambda domain: 3)
+    for module in (save, migrate):
+        monkeypatch.setattr(module, "Xenstore", lambda path: FakeXenstore())
+        monkeypatch.setattr(module, "Hypervisor", FakeHypervisor)
+    return calls
+
+
+@pytest.mark.parametrize("status", [0, 1], ids=["xl-succeeds", "xl-fails"])
+def test_save_freezes_negotiation_before_reading_the_grant_and_thaws_after(
+        hooks: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, status: int) -> None:
+    monkeypatch.setattr(xl, "start", FakeXlSave(hooks, synthetic.build_image(), status).start)
+    if status:
+        with pytest.raises(xl.XlFailed):
+            save.run("guest", tmp_path / "img", [], xenstore=None)
+    else:
+        assert save.run("guest", tmp_path / "img", [], xenstore=None) == 0
+    assert hooks == [f"freeze 3 pid {os.getpid()} save", "read 3", "xl save", "thaw 3"]
+
+
+@pytest.mark.parametrize("status", [0, 1], ids=["xl-succeeds", "xl-fails"])
+def test_migrate_freezes_negotiation_before_reading_the_grant_and_thaws_after(
+        hooks: list[str], monkeypatch: pytest.MonkeyPatch, status: int) -> None:
+    def run(verb: str, args: list[str]) -> None:
+        hooks.append(f"xl {verb}")
+        if status:
+            raise xl.XlFailed(verb, status)
+
+    monkeypatch.setattr(xl, "run", run)
+    options = migrate.XlMigrateOptions()
+    if status:
+        with pytest.raises(xl.XlFailed):
+            migrate.run_migrate("guest", "h", "ssh", options, xenstore=None)
+    else:
+        assert migrate.run_migrate("guest", "h", "ssh", options, xenstore=None) == 0
+    assert hooks == [f"freeze 3 pid {os.getpid()} migrate", "read 3", "xl migrate", "thaw 3"]

@@ -3,7 +3,10 @@ host (the rules themselves are in ``xsproto.carrying``)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 
 from xsproto import carrying, logs, paths
 from xsproto.adapters import xenstore_records
@@ -18,6 +21,26 @@ log = logging.getLogger("xsproto.image_grants")
 def read_grant(xs: Xenstore, hv: Hypervisor, domid: int) -> Grant | None:
     """The checked grant of a live domain (see ``carrying.check_grant``)."""
     return carrying.check_grant(xenstore_records.read_decision(xs, domid), hv.domain(domid))
+
+
+@contextlib.contextmanager
+def frozen_grant(xs: Xenstore, hv: Hypervisor, domid: int, verb: str) -> Iterator[Grant | None]:
+    """The grant of a domain being saved or migrated, kept still while the block runs.
+
+    Negotiation for the domain is frozen before the grant is read and thawed when the
+    block ends, however it ends: a grant raised while xl still copies the live domain
+    would be in force in the memory saved but not in the image, which then cannot be
+    restored.
+    """
+    where = paths.freeze_path(domid)
+    holder = f"pid {os.getpid()} {verb}"
+    xenstore_records.freeze(xs, domid, holder)
+    logs.event(log, "frozen", domid=domid, path=where, holder=holder)
+    try:
+        yield read_grant(xs, hv, domid)
+    finally:
+        xenstore_records.thaw(xs, domid)
+        logs.event(log, "thawed", domid=domid, path=where)
 
 
 def apply_grant(xs: Xenstore, hv: Hypervisor, domid: int, grant: Grant) -> DecisionRecord:

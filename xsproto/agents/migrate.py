@@ -19,7 +19,7 @@ from xsproto import logs
 from xsproto.adapters import xl
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.agents.image_grants import read_grant
+from xsproto.agents.image_grants import frozen_grant
 from xsproto.errors import image_errors_from
 from xsproto.exitcodes import Exit
 from xsproto.grant import Grant
@@ -65,13 +65,12 @@ def run_migrate(domain: str, host: str, ssh: str, options: XlMigrateOptions, *,
                 xenstore: str | None) -> int:
     """``xsproto migrate [-s SSHCMD] [xl options] DOMAIN HOST``."""
     domid = xl.domid_of(domain)
-    with Xenstore(xenstore) as xs:
-        grant = read_grant(xs, Hypervisor(), domid)
     receiver = options.receiver_command(ssh, host)
-    transport = transport_command(receiver, grant, domid)
-    logs.event(log, "migrate", domid=domid, receiver=receiver,
-               granted_pages=grant.granted_pages if grant else 0)
-    xl.run("migrate", ["-s", "", *options.xl_argv(), str(domid), transport])
+    with Xenstore(xenstore) as xs, frozen_grant(xs, Hypervisor(), domid, "migrate") as grant:
+        transport = transport_command(receiver, grant, domid)
+        logs.event(log, "migrate", domid=domid, receiver=receiver,
+                   granted_pages=grant.granted_pages if grant else 0)
+        xl.run("migrate", ["-s", "", *options.xl_argv(), str(domid), transport])
     return Exit.OK
 
 

@@ -21,7 +21,7 @@ from xsproto import logs
 from xsproto.adapters import xl
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.agents.image_grants import read_grant
+from xsproto.agents.image_grants import frozen_grant
 from xsproto.errors import XsprotoError, image_errors_from
 from xsproto.exitcodes import Exit
 from xsproto.grant import Grant
@@ -41,9 +41,8 @@ def run(domain: str, target: Path, xl_options: list[str], *, xenstore: str | Non
         print(f"xsproto save: {e}", file=sys.stderr)
         return Exit.USAGE
     domid = xl.domid_of(domain)
-    with Xenstore(xenstore) as xs:
-        grant = read_grant(xs, Hypervisor(), domid)
-    save(domid, target, grant, flags=flags, config=config)
+    with Xenstore(xenstore) as xs, frozen_grant(xs, Hypervisor(), domid, "save") as grant:
+        save(domid, target, grant, flags=flags, config=config)
     return Exit.OK
 
 
