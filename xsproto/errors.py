@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class XsprotoError(Exception):
@@ -59,6 +60,15 @@ class ImageError(XsprotoError):
     def __init__(self, message: str, *, offset: int | None = None) -> None:
         self.offset = offset
         super().__init__(f"at byte {offset}: {message}" if offset is not None else message)
+
+
+class ImageKept(XsprotoError):
+    """A save's image could not be put in place after xl succeeded (so the domain is gone):
+    it is kept, whole or as far as it was checked, at ``path``."""
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        self.path = path
+        super().__init__(f"{message}; the image is kept at {path}")
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -13,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from xsproto import carrying
+from xsproto import carrying, cli
 from xsproto.adapters import xenstore_records, xl
 from xsproto.agents import inspect_image, migrate, restore, save
-from xsproto.errors import HypervisorError, ImageError, ProtocolError
+from xsproto.errors import HypervisorError, ImageError, ImageKept, ProtocolError
+from xsproto.exitcodes import Exit
 from xsproto.grant import Grant
 from xsproto.negotiation import DomainInfo
 from xsproto.records import DecisionRecord, DecisionState
@@ -134,18 +136,6 @@ def test_save_filter_without_a_grant_is_a_copy() -> None:
     out = Sink()
     relay.add_grant(io.BytesIO(image), out, None, source_domid=3)
     assert bytes(out.data) == image
-
-
-def test_atomic_output_leaves_nothing_on_failure(tmp_path: Any) -> None:
-    target = tmp_path / "img"
-    with pytest.raises(RuntimeError), save.atomic_output(target) as out:
-        out.write(b"partial")
-        raise RuntimeError("xl failed")
-    assert list(tmp_path.iterdir()) == []
-    with save.atomic_output(target) as out:
-        out.write(b"whole")
-    assert [p.name for p in tmp_path.iterdir()] == ["img"]
-    assert target.read_bytes() == b"whole"
 
 
 # The restore hold: nothing past the xl header reaches xl before the limit is raised.
@@ -381,3 +371,83 @@ def test_migrate_freezes_negotiation_before_reading_the_grant_and_thaws_after(
     else:
         assert migrate.run_migrate("guest", "h", "ssh", options, xenstore=None) == 0
     assert hooks == [f"freeze 3 pid {os.getpid()} migrate", "read 3", "xl migrate", "thaw 3"]
+
+
+# What a save leaves on disk.
+
+def _saved_image(image: bytes) -> bytes:
+    """What ``xsproto save`` writes for ``image`` of domain 3, granted GRANT."""
+    out = Sink()
+    relay.add_grant(io.BytesIO(image), out, GRANT, source_domid=3)
+    return bytes(out.data)
+
+
+@pytest.mark.parametrize("target", ["dir", "missing/img", "file/img"],
+                         ids=["a-directory", "missing-parent", "parent-is-a-file"])
+def test_save_refuses_a_target_it_cannot_write_before_suspending_anything(
+        hooks: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], target: str) -> None:
+    """A plain ``xl save`` destroys the domain once the image is written: if the image
+    cannot be put in place afterwards, both are lost. Nothing starts before the check."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_bytes(b"")
+    monkeypatch.setattr(xl, "start", FakeXlSave(hooks, synthetic.build_image()).start)
+    assert cli.main(["save", "guest", str(tmp_path / target)]) == Exit.ERROR
+    assert hooks == []
+    assert str(tmp_path / target) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["dir", "file"]
+
+
+def test_save_keeps_the_image_when_it_cannot_be_put_in_place(
+        hooks: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """xl succeeded, so the domain is gone: the temporary file is the only copy."""
+    target = tmp_path / "img"
+    image = synthetic.build_image()
+    fake = FakeXlSave(hooks, image, during=target.mkdir)  # the target turns into a directory
+    monkeypatch.setattr(xl, "start", fake.start)
+    with pytest.raises(ImageKept) as err:
+        save.run("guest", target, [], xenstore=None)
+    kept = [p for p in tmp_path.iterdir() if p != target]
+    assert [err.value.path] == kept
+    assert str(kept[0]) in str(err.value)
+    assert kept[0].read_bytes() == _saved_image(image)
+    assert hooks[-1] == "thaw 3"
+
+
+def test_save_keeps_what_xl_wrote_when_xl_succeeded_on_a_stream_it_cannot_check(
+        hooks: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    image = synthetic.build_image()
+    monkeypatch.setattr(xl, "start", FakeXlSave(hooks, image[:-100]).start)
+    with pytest.raises(ImageKept, match="truncated") as err:
+        save.run("guest", tmp_path / "img", [], xenstore=None)
+    assert list(tmp_path.iterdir()) == [err.value.path]
+    assert err.value.path.read_bytes() == _saved_image(image)[:-100]
+
+
+def test_failed_xl_save_leaves_no_file(hooks: list[str], monkeypatch: pytest.MonkeyPatch,
+                                       tmp_path: Path) -> None:
+    """xl failed, so it resumed the domain: a partial image is worth nothing."""
+    monkeypatch.setattr(xl, "start", FakeXlSave(hooks, synthetic.build_image(), 1).start)
+    with pytest.raises(xl.XlFailed):
+        save.run("guest", tmp_path / "img", [], xenstore=None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_keeps_guest_memory_private_until_the_image_is_whole(
+        hooks: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A save killed -9 leaves its temporary file: only its owner may read it."""
+    modes: list[int] = []
+
+    def look() -> None:
+        modes.extend(stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir())
+
+    image = synthetic.build_image()
+    monkeypatch.setattr(xl, "start", FakeXlSave(hooks, image, during=look).start)
+    umask = os.umask(0o027)
+    try:
+        save.run("guest", tmp_path / "img", [], xenstore=None)
+    finally:
+        os.umask(umask)
+    assert modes == [0o600]
+    assert stat.S_IMODE((tmp_path / "img").stat().st_mode) == 0o640  # xl's 0644 & ~umask
+    assert (tmp_path / "img").read_bytes() == _saved_image(image)
