@@ -7,7 +7,7 @@ value and where it came from (a xenstore path, a domain id, an image offset).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -60,6 +60,15 @@ class ImageError(XsprotoError):
     def __init__(self, message: str, *, offset: int | None = None) -> None:
         self.offset = offset
         super().__init__(f"at byte {offset}: {message}" if offset is not None else message)
+
+
+class GrantRefused(XsprotoError):
+    """The receiving host's policy refuses the grant an image carries; ``codes`` are the
+    rules it breaks, as a request's rejection codes (``over-domain-cap``, ...)."""
+
+    def __init__(self, message: str, *, codes: Sequence[str]) -> None:
+        self.codes = tuple(codes)
+        super().__init__(message)
 
 
 class ImageKept(XsprotoError):

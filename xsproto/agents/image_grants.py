@@ -12,7 +12,10 @@ from xsproto import carrying, logs, paths
 from xsproto.adapters import xenstore_records
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
+from xsproto.carrying import Refusal
+from xsproto.errors import ProtocolError
 from xsproto.grant import Grant
+from xsproto.policy import Policy
 from xsproto.records import DecisionRecord
 
 log = logging.getLogger("xsproto.image_grants")
@@ -62,3 +65,31 @@ def apply_grant(xs: Xenstore, hv: Hypervisor, domid: int, grant: Grant) -> Decis
     logs.event(log, "grant-restored", domid=domid, path=where, base_pages=grant.base_pages,
                granted_pages=grant.granted_pages, max_pages=record.max_pages)
     return record
+
+
+def restore_refusals(xs: Xenstore, hv: Hypervisor, policy: Policy, domid: int, name: str,
+                     grant: Grant) -> list[Refusal]:
+    """The rules of this host's policy that ``grant``, carried in an image for the new
+    domain ``domid`` named ``name`` (its config's), breaks (see ``carrying.check_restore``)."""
+    return carrying.check_restore(grant, limits=policy.limits_for(domid, name), policy=policy,
+                                  free_pages=hv.free_pages(),
+                                  granted_elsewhere=granted_elsewhere(xs, policy, domid))
+
+
+def granted_elsewhere(xs: Xenstore, policy: Policy, domid: int) -> int:
+    """The ``granted-pages`` recorded for every domain but ``domid``, as the host budget
+    sums them. A malformed record counts as its domain's cap: what it holds is unknown."""
+    total = 0
+    for other in xenstore_records.domids_under(xs, paths.DECISION_ROOT):
+        if other == domid:
+            continue
+        try:
+            record = xenstore_records.read_decision(xs, other)
+        except ProtocolError as e:
+            cap = policy.limits_for(other, xenstore_records.domain_name(xs, other)).cap_pages
+            logs.event(log, "bad-record", level=logging.WARNING, domid=other,
+                       path=paths.decision_dir(other), counted_pages=cap, error=e)
+            total += cap
+            continue
+        total += record.granted_pages if record is not None else 0
+    return total

@@ -37,6 +37,9 @@ class XlMigrateOptions:
     no_daemon: bool = False
     paused: bool = False
     debug: bool = False
+    policy: str | None = None
+    """The receiving host's policy file, on that host."""
+    over_policy: bool = False
 
     def xl_argv(self) -> list[str]:
         options: list[str] = ["-C", self.config] if self.config else []
@@ -49,6 +52,8 @@ class XlMigrateOptions:
             return host
         flags = [f for f, on in (("-e", self.no_daemon), ("-p", self.paused),
                                  ("-d", self.debug)) if on]
+        flags += ["--policy", self.policy] if self.policy else []
+        flags += ["--over-policy"] if self.over_policy else []
         return (f"exec {ssh} {shlex.quote(host)} xsproto migrate-receive "
                 f"{shlex.join(flags)}").rstrip()
 
