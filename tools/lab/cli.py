@@ -76,6 +76,14 @@ def run(args: argparse.Namespace) -> int:
     if not command:
         print("xenlab: run needs a command: xenlab run -- CMD [ARGS...]", file=sys.stderr)
         return 2
+    for what, path in (("the working directory", Path.cwd()), ("the checkout", fetch.REPO),
+                       ("the lab's cache", args.cache)):
+        if mount := qemu.hidden_in_dom0(path):
+            print(f"xenlab: {what} {path} is under {mount}, which dom0 mounts a file "
+                  f"system of its own on: the command would not find it there. Put the "
+                  f"project elsewhere (e.g. under /root or /srv) and run it from there.",
+                  file=sys.stderr)
+            return 2
     if not fetch.is_fresh(args.cache) or fetch.missing_host_packages():
         fetch.fetch(args.cache)
     run_dir = qemu.make_run_dir()
