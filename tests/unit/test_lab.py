@@ -144,3 +144,6 @@ def test_run_refuses_up_front_in_a_directory_dom0_cannot_see(
     err = capsys.readouterr().err
     assert f"the working directory {tmp_path} is under /tmp" in err
     assert "Put the project elsewhere" in err
+    # bootstrap's first lab step refuses too, before any download, for a cache dom0 can't see
+    assert cli.main(["--cache", str(tmp_path / "cache"), "fetch"]) == 2
+    assert f"the lab's cache {tmp_path / 'cache'} is under /tmp" in capsys.readouterr().err
