@@ -268,7 +268,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_negotiation(sub)
     _add_images(sub)
+    _add_host(sub)
     return parser
+
+
+def _install_host(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from xsproto.agents import install_host
+    return install_host.run(Path(a.root), uninstall=a.uninstall, as_json=a.json)
+
+
+def _add_host(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "install-host", help="set this Xen host up: service, policy, xendomains, docs",
+        description="Install the watcher's systemd unit (enabled), the default policy "
+                    "/etc/xen/xsproto.toml (never over an existing one), the xendomains "
+                    "integration that keeps grants across host reboots, bash completion "
+                    "and man pages. Idempotent; prints one line per file.")
+    p.add_argument("--root", metavar="DIR", default="/",
+                   help="install under DIR, as on a host mounted there (default: /)")
+    p.add_argument("--uninstall", action="store_true",
+                   help="remove what install-host installed (an edited policy is kept)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(run=_install_host, logs=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -96,3 +96,11 @@ def image_errors_from(where: object) -> Iterator[None]:
         named = ImageError(f"{where}: {e}")
         named.offset = e.offset
         raise named from e
+
+
+class InstallError(XsprotoError):
+    """Setting the host up (or undoing it) failed at ``path``."""
+
+    def __init__(self, message: str, *, path: object) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: {message}")
