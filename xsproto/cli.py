@@ -177,7 +177,8 @@ def _add_admission(p: argparse.ArgumentParser, note: str = "") -> None:
     """The receiving host's say on the grant an image carries."""
     p.add_argument("--policy", metavar="FILE",
                    help="policy file (JSON or TOML, as the watcher's) that the carried "
-                        f"grant must fit; default: the safe built-in policy{note}")
+                        "grant must fit; default: /etc/xen/xsproto.toml, or the built-in "
+                        f"defaults when it is absent{note}")
     p.add_argument("--over-policy", action="store_true",
                    help=f"apply a carried grant the policy refuses (logged as a warning){note}")
 

@@ -129,8 +129,9 @@ class Admission:
 
     @classmethod
     def of(cls, policy_file: str | None, *, over_policy: bool) -> Admission:
-        """From the command line: the policy file (as the watcher's), or the defaults."""
-        return cls(Policy.load(policy_file) if policy_file else Policy(), over_policy)
+        """From the command line: the policy file named, else the host's (as the
+        watcher's), else the built-in defaults."""
+        return cls(Policy.load_host(policy_file), over_policy)
 
 
 @dataclass(frozen=True)
