@@ -56,6 +56,10 @@ class Plan:
         self._actions.setdefault((point, self.reached[point] + n), []).extend(actions)
         return self
 
+    def clear(self) -> None:
+        """Forget the actions not run yet."""
+        self._actions.clear()
+
     def reach(self, point: FaultPoint) -> None:
         self.reached[point] += 1
         for action in self._actions.pop((point, self.reached[point]), ()):

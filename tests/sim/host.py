@@ -232,10 +232,11 @@ class Host:
     # The device model.
 
     def request(self, domid: int, pages: int, reason: str = "", *,
-                timeout: float = DEFAULT_TIMEOUT) -> DecisionRecord | XsprotoError:
+                timeout: float = DEFAULT_TIMEOUT,
+                plan: Plan | None = None) -> DecisionRecord | XsprotoError:
         """The real ``request_pages`` from the guest's device model's domain; its outcome,
         or the xsproto error it raised."""
-        conn = self.store.connect(self.guests[domid].dm, name=f"dm-{domid}")
+        conn = self.store.connect(self.guests[domid].dm, name=f"dm-{domid}", plan=plan)
         conn.waiting = self._dm_waiting
         try:
             return request_pages(conn, domid, pages, reason, timeout=timeout,
@@ -305,17 +306,22 @@ class Host:
 
     def restore(self, image: Image) -> Guest | XsprotoError:
         """``xsproto restore``: libxl creates the domain at its base, the hook applies the
-        carried grant (``image_grants.apply_grant``) before the memory streams in."""
-        guest = self.create_guest(image.base_pages, stubdom=image.stubdom, name=image.name)
+        carried grant (``image_grants.apply_grant``) before the memory streams in; on any
+        failure xl leaves no domain."""
+        guest: Guest | None = None
         try:
+            guest = self.create_guest(image.base_pages, stubdom=image.stubdom,
+                                      name=image.name)
+            domid = guest.domid
             if image.grant is not None:
-                grant = Grant(self.xen.info(guest.domid).max_pages, image.grant.granted_pages)
+                grant = Grant(self.xen.info(domid).max_pages, image.grant.granted_pages)
                 self._hooks("restore",
-                            lambda xs, hv: image_grants.apply_grant(xs, hv, guest.domid, grant))
-            held = self.xen.info(guest.domid).tot_pages
-            self.xen.populate(guest.domid, image.guest_pages + image.dm_pages - held)
+                            lambda xs, hv: image_grants.apply_grant(xs, hv, domid, grant))
+            held = self.xen.info(domid).tot_pages
+            self.xen.populate(domid, image.guest_pages + image.dm_pages - held)
         except (XsprotoError, OSError) as e:
-            self.destroy(guest.domid)
+            if guest is not None:
+                self.destroy(guest.domid)
             return e if isinstance(e, XsprotoError) else XsprotoError(f"restore failed: {e}")
         guest.dm_pages = image.dm_pages
         return guest

@@ -137,8 +137,9 @@ class Store:
         self.connections: list[Connection] = []
         self.targets: dict[int, int] = {}
         """A stubdom's domain id -> the guest it serves (XS_SET_TARGET)."""
-        self.observers: list[Callable[[Sequence[str]], None]] = []
-        """Called after every commit with the paths it changed."""
+        self.observers: list[Callable[[Connection, Sequence[str]], None]] = []
+        """Called after every commit with the committing connection and the paths it
+        changed."""
         self.on_connect: list[Callable[[Connection], None]] = []
         self._history: list[tuple[int, list[Change]]] = []
         self._open: set[_Txn] = set()
@@ -193,7 +194,7 @@ class Store:
             for conn in self.connections:
                 conn.deliver(path, exact=exact)
         for observe in self.observers:
-            observe([c.path for c in changes])
+            observe(txn.conn, [c.path for c in changes])
 
     def _changed_since(self, generation: int) -> Iterator[Change]:
         for gen, changes in self._history:
@@ -266,8 +267,12 @@ class _Txn:
         return [(path, exact[path]) for path in self.view if path in exact]
 
     def conflicts(self) -> bool:
-        if self.store.eagain is not None and self.store.eagain():
-            return True
+        """Whether the commit fails: something it depends on changed, or the store
+        injects an EAGAIN."""
+        return (self.store.eagain is not None and self.store.eagain()) or self.stale()
+
+    def stale(self) -> bool:
+        """Whether a commit since this transaction began touched what it depends on."""
         if self.store.flavour is Flavour.C:
             live = self.store.nodes
             return any((None if (n := live.get(p)) is None else n.generation) != gen
@@ -431,6 +436,11 @@ class Connection:
         and other agents run (it may raise to end the caller's loop)."""
         self.events: deque[tuple[str, str]] = deque()
         self.watches: list[tuple[str, str]] = []
+        self.abandoned: list[tuple[str, frozenset[str]]] = []
+        """Transactions that ended uncommitted through no choice of the caller, with the
+        paths they accessed: ``conflicts`` (its last attempt conflicted too), ``torn`` (its
+        function raised on a view another commit had torn: C's transactions are no
+        snapshot, and the commit would have failed)."""
         self.closed = False
         self._txn: _Txn | None = None
 
@@ -562,13 +572,15 @@ class Connection:
             self.store._open.add(txn)
             try:
                 result = fn(self)
+                self.plan.reach(FaultPoint.BEFORE_COMMIT)
             except Crash:
                 raise  # the process died: it sends nothing more (close() ends the txn)
             except BaseException:
+                if txn.stale():
+                    self.abandoned.append(("torn", frozenset(txn.view)))
                 self._end_txn(txn)
                 self._send("transaction_end", "")  # the adapter's rollback
                 raise
-            self.plan.reach(FaultPoint.BEFORE_COMMIT)
             self._send("transaction_end", "")
             conflict = txn.conflicts()
             if not conflict:
@@ -577,6 +589,7 @@ class Connection:
             if not conflict:
                 self.plan.reach(FaultPoint.AFTER_COMMIT)
                 return result
+        self.abandoned.append(("conflicts", frozenset(txn.view)))
         raise XenstoreError(f"transaction still conflicting after {attempts} attempts")
 
     def _end_txn(self, txn: _Txn) -> None:
