@@ -79,15 +79,17 @@ class Xen:
             observe(domid, pages, by)
 
     def populate(self, domid: int, pages: int) -> None:
-        """Give the domain pages, all or none: refused over its limit or the free memory."""
+        """Give the domain pages, one at a time, as long as they fit under its limit and
+        in free memory; refused if not all did (those that fit stay)."""
         domain = self.domains.get(domid)
         if domain is None or domain.dying:
             raise PopulateRefused(errno.ESRCH, f"domain {domid} is gone")
-        if domain.tot_pages + pages > domain.max_pages or pages > self.free:
-            raise PopulateRefused(errno.ENOMEM, f"domain {domid}: {domain.tot_pages} + "
-                                  f"{pages} > {domain.max_pages} or > free {self.free}")
-        domain.tot_pages += pages
-        self.free -= pages
+        given = max(0, min(pages, domain.max_pages - domain.tot_pages, self.free))
+        domain.tot_pages += given
+        self.free -= given
+        if given < pages:
+            raise PopulateRefused(errno.ENOMEM, f"domain {domid}: {given} of {pages} pages "
+                                  f"under its limit {domain.max_pages} and free memory")
 
     def release(self, domid: int, pages: int) -> None:
         """The domain gives pages back (a balloon driver, a device model freeing)."""
