@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from tests.sim.faults import Crash, FaultPoint, Plan
 from xsproto.adapters.xenstore import BATCH_MAX, TRANSACTION_ATTEMPTS
-from xsproto.errors import XenstoreError
+from xsproto.errors import ProtocolError, TransactionConflict, XenstoreError
 
 T = TypeVar("T")
 
@@ -528,10 +528,11 @@ class Connection:
         return self._request("directory", path, lambda t, p: t.children(t.readable(p))) or []
 
     def read_keys(self, path: str, keys: Iterable[str]) -> dict[str, bytes]:
+        """As the adapter: list the directory, then read the keys it holds."""
+        present = set(self.children(path))
         out = {}
         for key in keys:
-            value = self.read(f"{path}/{key}")
-            if value is not None:
+            if key in present and (value := self.read(f"{path}/{key}")) is not None:
                 out[key] = value
         return out
 
@@ -575,6 +576,20 @@ class Connection:
                 self.plan.reach(FaultPoint.BEFORE_COMMIT)
             except Crash:
                 raise  # the process died: it sends nothing more (close() ends the txn)
+            except ProtocolError:
+                # As the adapter: a read-only transaction whose view did not hold together
+                # may be a torn view; its commit tells (conflict: run it again).
+                if txn.changed:
+                    self._end_txn(txn)
+                    self._send("transaction_end", "")
+                    raise
+                conflict = txn.conflicts()
+                self._send("transaction_end", "")
+                self._end_txn(txn)
+                if conflict:
+                    self.abandoned.append(("torn", frozenset(txn.view)))
+                    continue
+                raise
             except BaseException:
                 if txn.stale():
                     self.abandoned.append(("torn", frozenset(txn.view)))
@@ -590,7 +605,7 @@ class Connection:
                 self.plan.reach(FaultPoint.AFTER_COMMIT)
                 return result
         self.abandoned.append(("conflicts", frozenset(txn.view)))
-        raise XenstoreError(f"transaction still conflicting after {attempts} attempts")
+        raise TransactionConflict(f"transaction still conflicting after {attempts} attempts")
 
     def _end_txn(self, txn: _Txn) -> None:
         self._txn = None

