@@ -99,7 +99,7 @@ def granted_guests(make_guest: GuestFactory, names: list[str]) -> dict[str, int]
     bases = {}
     with Xenstore() as xs:
         for name in names:
-            domid = make_guest(name, kind="pvh", memory_mb=64)
+            domid = make_guest(name, kind="pvh")
             record = request_pages(xs, domid, N, "option ROMs")
             assert record.state is DecisionState.GRANTED
             populate(domid, N)
