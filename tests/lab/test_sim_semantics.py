@@ -19,12 +19,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pyxs
 
 from tests.lab.conftest import GuestFactory
 from tests.sim import semantics
 from tests.sim.xenstore import Flavour
 from tools.lab import fetch, guests, initramfs
 from tools.lab.devicemodel import DEFAULT_START_PFN, PopulateError, populate
+from xsproto import paths
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import HypervisorError
@@ -81,17 +83,20 @@ def probe_guest(tmp_path: Path, flavour: Flavour) -> Iterator[tuple[int, str]]:
 
 
 def test_guest_probes(probe_guest: tuple[int, str], flavour: Flavour,
-                      xs: Xenstore) -> None:
+                      make_guest: GuestFactory, xs: Xenstore) -> None:
+    """The probe guest acts as a stubdom for a second guest (its target)."""
     domid, name = probe_guest
+    target = make_guest()
     results = f"/local/domain/{domid}/{semantics.RESULTS}"
-    semantics.prepare_guest(xs, domid)
+    with pyxs.Client() as client:
+        semantics.prepare_guest(xs, domid, target, client.set_target)
     deadline = time.monotonic() + WAIT
     while not (raw := xs.read(results)) and time.monotonic() < deadline:
         time.sleep(0.5)
     console = Path(f"/var/log/xen/console/guest-{name}.log")
     assert raw, f"the guest never answered; its console:\n{_tail(console)}"
     answers = semantics.answers(raw)
-    probes = [p.at(domid) for p in semantics.guest_probes(flavour)]
+    probes = [p.at(domid, target) for p in semantics.guest_probes(flavour)]
     assert {p.name: answers.get(p.name) for p in probes} == {p.name: p.answer for p in probes}
     assert {p.name: semantics.perms_after(xs, p, domid) for p in probes} == {
         p.name: p.perms for p in probes}
@@ -185,3 +190,33 @@ def test_limits_and_populate(make_guest: GuestFactory, hv: Hypervisor) -> None:
     missing = max(hv.domids()) + 1000
     with pytest.raises(HypervisorError):
         hv.set_max_pages(missing, 1000)
+
+
+def test_libxl_makes_and_removes_a_guests_nodes(make_guest: GuestFactory, xs: Xenstore,
+                                                hv: Hypervisor) -> None:
+    """libxl makes a new guest's home (n0 r<D>, its data n<D>) and a fresh /libxl/D (n0),
+    removing what an earlier domain of that id left there; xl destroy removes both, and
+    leaves dom0's device-model directory of a guest that has no QEMU."""
+    first = max(hv.domids()) + 1
+    ids = range(first, first + 64)  # Xen hands ids out in turn
+    for d in ids:
+        xs.write(f"/libxl/{d}/{paths.LEAF}/state", b"stale")
+    request = ""
+    try:
+        domid = make_guest()
+        assert domid in ids
+        assert xs.perms(f"/libxl/{domid}") == ["n0"]
+        assert paths.LEAF not in xs.children(f"/libxl/{domid}")
+        assert xs.perms(paths.domain_dir(domid)) == ["n0", f"r{domid}"]
+        assert xs.perms(f"{paths.domain_dir(domid)}/data") == [f"n{domid}"]
+        request = paths.request_dir(0, domid)
+        xs.write(f"{request}/x", b"1")
+        subprocess.run(["xl", "destroy", str(domid)], check=True)
+        assert xs.perms(paths.domain_dir(domid)) is None
+        assert xs.perms(f"/libxl/{domid}") is None
+        assert xs.read(f"{request}/x") == b"1"
+    finally:
+        for d in ids:
+            xs.remove(f"/libxl/{d}")
+        if request:
+            xs.remove(paths.device_model_guest_dir(0, domid))

@@ -77,8 +77,9 @@ def negotiate(flavour: Flavour, *, again: bool) -> dict[str, Tally]:
     return tallies
 
 
-def report(flavour: Flavour, *, again: bool) -> str:
-    tallies = negotiate(flavour, again=again)
+def report(flavour: Flavour, *, again: bool, tallies: dict[str, Tally] | None = None) -> str:
+    """The counts of ``negotiate`` (run now, unless given), per side and sender."""
+    tallies = tallies or negotiate(flavour, again=again)
     what = "raising an existing grant" if again else "a first grant"
     lines = [f"{flavour.name} xenstored, {what}: "
              f"{sum(t.total for t in tallies.values())} requests"]

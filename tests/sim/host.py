@@ -207,8 +207,8 @@ class Host:
 
     def destroy(self, domid: int, *, libxl_cleans: bool = True) -> None:
         """The domain dies (``xl destroy``, or a crash with no xl to clean up). libxl
-        removes its xenstore home, its /libxl directory, its device model's directory,
-        and its stubdom."""
+        removes its xenstore home and its /libxl directory, and its stubdom's; not dom0's
+        device-model directory, which only a QEMU it started would have made."""
         guest = self.guests.pop(domid)
         self.xen.destroy(domid)
         doomed = [domid]
@@ -219,7 +219,6 @@ class Host:
             for d in doomed:
                 self.libxl.remove(paths.domain_dir(d))
                 self.libxl.remove(f"{paths.DECISION_ROOT}/{d}")
-            self.libxl.remove(paths.device_model_guest_dir(0, domid))
 
     def reap(self, domid: int) -> None:
         """Xen lets a dying domain go (dom0 dropped its last mapping)."""

@@ -30,9 +30,10 @@ ANY: Final = "*"
 
 @dataclass(frozen=True)
 class Probe:
-    """One raw request of the guest. ``{D}`` stands for its domain id; a relative path is
-    below its home. ``answer`` is what it reads back; ``perms`` what dom0 then reads of
-    the node's permissions (() for absent, ANY unchecked)."""
+    """One raw request of the guest. ``{D}`` stands for its domain id and ``{T}`` for its
+    target's (the guest it serves, as a stubdom does); a relative path is below its home.
+    ``answer`` is what it reads back; ``perms`` what dom0 then reads of the node's
+    permissions (() for absent, ANY unchecked)."""
 
     name: str
     message: str
@@ -41,9 +42,9 @@ class Probe:
     answer: str = "OK"
     perms: tuple[str, ...] = (ANY,)
 
-    def at(self, domid: int) -> Probe:
+    def at(self, domid: int, target: int) -> Probe:
         def fill(text: str) -> str:
-            return text.replace("{D}", str(domid))
+            return text.replace("{D}", str(domid)).replace("{T}", str(target))
 
         return Probe(self.name, self.message, fill(self.path), tuple(map(fill, self.args)),
                      fill(self.answer), tuple(map(fill, self.perms)))
@@ -84,6 +85,13 @@ def guest_probes(flavour: Flavour) -> list[Probe]:
               "ERR EPERM" if c else "ERR EACCES", ("n{D}",)),
         Probe("set-perms-unowned", "set_perms", "name", ("n{D}",), "ERR EACCES",
               ("n0", "r{D}")),
+        # A stubdom (a domain with a target) acts for its guest: it reads what its guest
+        # may read, but before any decision the guest's record is hidden on C.
+        Probe("target-read", "read", "/local/domain/{T}/domid", answer="OK {T}"),
+        Probe("target-read-hidden", "read", "/libxl/{T}/extra-pages/version",
+              answer="ERR EACCES" if c else "ERR ENOENT"),
+        Probe("target-area", "write", "/local/domain/{D}/device-model/{T}/extra-pages/x",
+              ("1",), perms=("n{D}", "r{T}")),
         # Quotas: the size of a node, the nodes a domain owns (C undoes a refused write
         # whole; oxenstored keeps the parents it made, so the domain is at its quota).
         Probe("value-at-quota", "write", "data/sim-v1", ("x" * big,)),
@@ -335,13 +343,15 @@ ask() {
 until ask 2 12 '%s\0' data/sim-go; [ "$ANSWER" = "OK 1" ]; do sleep 1; done
 ask 2 6 '%s\0' domid
 D=${ANSWER#OK }
+ask 2 16 '%s\0' data/sim-target
+T=${ANSWER#OK }
 R=
 """
 
 
 def _shell(text: str) -> str:
     """A probe's path or argument as a shell word, the guest's domain id substituted."""
-    return '"' + text.replace("{D}", "${D}") + '"'
+    return '"' + text.replace("{D}", "${D}").replace("{T}", "${T}") + '"'
 
 
 def _ask(message: str, words: list[str]) -> str:
@@ -366,12 +376,18 @@ def guest_init(probes: list[Probe]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prepare_guest(xs: XenstoreIO, domid: int) -> None:
-    """dom0's part before the guest probes: the shared directory, the node for the
-    results (made beforehand: the guest is at its entry quota by then), and the go."""
+def prepare_guest(xs: XenstoreIO, domid: int, target: int,
+                  set_target: Callable[[int, int], None]) -> None:
+    """dom0's part before the guest probes, as libxl does for a stubdom: the guest's
+    target and its device-model directory for it (``n<D> r<T>``); the shared directory;
+    the node for the results (made beforehand: the guest is at its entry quota by then);
+    and the go."""
     home = f"/local/domain/{domid}"
+    set_target(domid, target)
+    xs.write_dir(f"{home}/device-model/{target}", {}, [f"n{domid}", f"r{target}"])
     xs.write_dir(f"{home}/{SHARED}", {}, ["n0", f"w{domid}"])
     xs.write(f"{home}/{RESULTS}", b"")
+    xs.write(f"{home}/data/sim-target", str(target).encode())
     xs.write(f"{home}/data/sim-go", b"1")
 
 

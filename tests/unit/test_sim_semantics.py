@@ -37,10 +37,10 @@ def test_dom0_scenarios(flavour: Flavour, name: str) -> None:
 @pytest.mark.parametrize("flavour", Flavour)
 def test_guest_probes(flavour: Flavour) -> None:
     host = Host(flavour)
-    domid = host.create_guest(1000).domid
-    semantics.prepare_guest(host.libxl, domid)
+    domid, target = host.create_guest(1000).domid, host.create_guest(1000).domid
+    semantics.prepare_guest(host.libxl, domid, target, host.store.set_target)
     guest = host.store.connect(domid)
-    for probe in (p.at(domid) for p in semantics.guest_probes(flavour)):
+    for probe in (p.at(domid, target) for p in semantics.guest_probes(flavour)):
         assert (probe.name, guest.ask(probe.message, probe.path, *probe.args)) == (
             probe.name, probe.answer)
         assert (probe.name, semantics.perms_after(host.libxl, probe, domid)) == (
@@ -77,8 +77,8 @@ def test_the_lab_guests_client_on_the_simulator(flavour: Flavour, tmp_path: Path
     simulator (through a raw pty standing for /dev/xen/xenbus), answers as the
     simulator does: the lab's guest-side check tests the daemon, not the script."""
     host = Host(flavour)
-    domid = host.create_guest(1000).domid
-    semantics.prepare_guest(host.libxl, domid)
+    domid, target = host.create_guest(1000).domid, host.create_guest(1000).domid
+    semantics.prepare_guest(host.libxl, domid, target, host.store.set_target)
     script = tmp_path / "init"
     script.write_text(semantics.guest_init(semantics.guest_probes(flavour)))
     master, slave = pty.openpty()
@@ -102,5 +102,5 @@ def test_the_lab_guests_client_on_the_simulator(flavour: Flavour, tmp_path: Path
         os.close(slave)
     raw = host.store.value(results)
     assert raw, "the script never wrote its results"
-    probes = [p.at(domid) for p in semantics.guest_probes(flavour)]
+    probes = [p.at(domid, target) for p in semantics.guest_probes(flavour)]
     assert semantics.answers(raw) == {p.name: p.answer for p in probes}

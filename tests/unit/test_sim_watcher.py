@@ -13,6 +13,7 @@ from tests.sim.host import Host
 from tests.sim.xenstore import Flavour
 from xsproto import paths, records
 from xsproto.adapters import xenstore_records
+from xsproto.agents import watcher
 from xsproto.errors import NegotiationTimeout
 from xsproto.policy import Policy
 from xsproto.records import DecisionRecord, DecisionState
@@ -55,6 +56,21 @@ def write_request(host: Host, domid: int, request_id: int, pages: int) -> None:
     host.write_request(domid, {records.VERSION: b"1", records.PAGES: str(pages).encode(),
                                records.REASON: b"", records.REQUEST_ID:
                                str(request_id).encode()})
+
+
+def test_the_hypercall_points_are_the_watchers_checkpoints(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the carry-out, the simulator's two hypercall points sit exactly where the
+    watcher's own crash checkpoints (XSPROTO_CRASH_AT) are."""
+    seen: list[str] = []
+    monkeypatch.setattr(watcher, "_checkpoint", seen.append)
+    host, domid = started("A")
+    plan = host.watcher("A").plan
+    plan.at(FaultPoint.AFTER_APPLYING, 1, lambda: seen.append("sim after-applying"))
+    plan.at(FaultPoint.AFTER_HYPERCALL, 1, lambda: seen.append("sim after-hypercall"))
+    host.request(domid, PAGES)
+    assert seen == ["after-applying", "sim after-applying", "sim after-hypercall",
+                    "after-hypercall"]
 
 
 def test_a_crash_anywhere_is_finished_by_the_restart() -> None:

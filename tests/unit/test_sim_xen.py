@@ -8,6 +8,7 @@ import pytest
 from tests.sim.host import Host
 from tests.sim.xen import Hypercalls, PopulateRefused
 from tests.sim.xenstore import INTRODUCE_DOMAIN, RELEASE_DOMAIN, Connection
+from xsproto import paths
 from xsproto.errors import HypervisorError
 
 
@@ -90,3 +91,21 @@ def test_domain_ids_are_reused_at_once() -> None:
     assert host.create_guest(1000).domid != domid  # still dying: its id is taken
     host.reap(domid)
     assert host.create_guest(1000).domid == domid
+
+
+def test_libxl_makes_and_removes_a_guests_nodes() -> None:
+    host = Host()
+    following = next(d for d in range(1, 100) if d not in host.xen.domains)
+    host.libxl.write(f"/libxl/{following}/{paths.LEAF}/state", b"stale")
+    domid = host.create_guest(1000).domid
+    assert domid == following
+    assert host.libxl.perms(f"/libxl/{domid}") == ["n0"]
+    assert paths.LEAF not in host.libxl.children(f"/libxl/{domid}")
+    assert host.libxl.perms(paths.domain_dir(domid)) == ["n0", f"r{domid}"]
+    assert host.libxl.perms(f"{paths.domain_dir(domid)}/data") == [f"n{domid}"]
+    request = paths.request_dir(0, domid)
+    host.libxl.write(f"{request}/x", b"1")
+    host.destroy(domid)
+    assert host.libxl.perms(paths.domain_dir(domid)) is None
+    assert host.libxl.perms(f"/libxl/{domid}") is None
+    assert host.libxl.read(f"{request}/x") == b"1"
