@@ -108,26 +108,29 @@ def _tail(path: Path) -> str:
 
 # Domains: Xen and xenstored's domain events.
 
-def _wait_event(conn: Xenstore, wanted: tuple[str, str]) -> list[tuple[str, str]]:
+def _wait_event(conn: Xenstore, *wanted: tuple[str, str]) -> list[tuple[str, str]]:
+    """The events that come until each of ``wanted`` has (or WAIT seconds pass)."""
     seen: list[tuple[str, str]] = []
     deadline = time.monotonic() + WAIT
-    while wanted not in seen and time.monotonic() < deadline:
+    while not set(wanted) <= set(seen) and time.monotonic() < deadline:
         seen += conn.next_batch(timeout=1.0)
     return seen
+
+
+INTRODUCE, RELEASE = ("@introduceDomain", "introduce"), ("@releaseDomain", "release")
 
 
 def test_domain_events(make_guest: GuestFactory, hv: Hypervisor) -> None:
     """@introduceDomain fires when a guest is created, @releaseDomain when it is
     destroyed, after which Xen lists it as dying or not at all."""
     with Xenstore() as w:
-        w.watch("@introduceDomain", "introduce")
-        w.watch("@releaseDomain", "release")
+        w.watch(*INTRODUCE)
+        w.watch(*RELEASE)
+        _wait_event(w, INTRODUCE, RELEASE)  # the registrations' events
         domid = make_guest()
-        assert ("@introduceDomain", "introduce") in _wait_event(
-            w, ("@introduceDomain", "introduce"))
-        _wait_event(w, ("@releaseDomain", "release"))  # the registration's event
+        assert INTRODUCE in _wait_event(w, INTRODUCE)
         subprocess.run(["xl", "destroy", str(domid)], check=True)
-        assert ("@releaseDomain", "release") in _wait_event(w, ("@releaseDomain", "release"))
+        assert RELEASE in _wait_event(w, RELEASE)
     info = hv.domain(domid)
     assert not info.exists or info.dying
     assert domid not in hv.domids()
@@ -150,8 +153,8 @@ def test_a_suspended_domain_is_alive(make_guest: GuestFactory, hv: Hypervisor,
             time.sleep(0.2)
     suspended = []
     with Xenstore() as w:
-        w.watch("@releaseDomain", "release")
-        _wait_event(w, ("@releaseDomain", "release"))
+        w.watch(*RELEASE)
+        _wait_event(w, RELEASE)  # the registration's event
         save = subprocess.Popen(["xl", "save", "-c", str(domid), str(scratch / "image")])
         while save.poll() is None:
             if handle.domain_getinfo(domid, 1)[0]["shutdown"]:
@@ -164,7 +167,7 @@ def test_a_suspended_domain_is_alive(make_guest: GuestFactory, hv: Hypervisor,
         released = w.next_batch(timeout=5.0)
     assert suspended, "never saw the domain suspended"
     assert set(suspended) == {(False, True, base + 1)}
-    assert ("@releaseDomain", "release") in released
+    assert RELEASE in released
     after = handle.domain_getinfo(domid, 1)[0]
     assert (after["shutdown"], after["dying"], hv.domain(domid).max_pages) == (0, 0, base)
 
