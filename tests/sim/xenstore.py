@@ -2,7 +2,7 @@
 
 ``Store`` is the daemon; each ``Connection`` is one client (a process opens its own) and
 implements ``xsproto.io.XenstoreIO`` exactly as ``xsproto.adapters.xenstore.Xenstore``
-does on the wire: the same request per call (``read_keys`` is one read per key, a
+does on the wire: the same request per call (a
 transaction is a start, its requests and an end), ENOENT read as absence, any other
 refusal raised as ``XenstoreError``, EAGAIN retried. So its request counter counts what
 the real adapter would send.
@@ -526,15 +526,6 @@ class Connection:
 
     def children(self, path: str) -> list[str]:
         return self._request("directory", path, lambda t, p: t.children(t.readable(p))) or []
-
-    def read_keys(self, path: str, keys: Iterable[str]) -> dict[str, bytes]:
-        """As the adapter: list the directory, then read the keys it holds."""
-        present = set(self.children(path))
-        out = {}
-        for key in keys:
-            if key in present and (value := self.read(f"{path}/{key}")) is not None:
-                out[key] = value
-        return out
 
     def perms(self, path: str) -> list[str] | None:
         return self._request("get_perms", path, lambda t, p: show_perms(t.readable(p).perms))

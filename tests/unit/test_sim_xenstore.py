@@ -16,6 +16,7 @@ from tests.sim.faults import Crash, FaultPoint, Plan, crash
 from tests.sim.xen import Hypercalls, Xen
 from tests.sim.xenstore import Connection, Flavour, Store
 from tests.unit.test_xenstore_adapter import FakeXenstored
+from xsproto.adapters import xenstore_records
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import XenstoreError
 from xsproto.io import HypervisorIO, XenstoreIO
@@ -51,7 +52,7 @@ def calls(xs: XenstoreIO) -> None:
     xs.read("/a/b")
     xs.read("/a/none")
     xs.children("/a")
-    xs.read_keys("/a/d", ["x", "y", "z"])
+    xenstore_records.read_keys(xs, "/a/d", ["x", "y", "z"])
     xs.owner("/a/d/x")
     xs.set_perms("/a/b", ["n0"])
     xs.transact(lambda t: t.write("/a/t", t.read("/a/b") or b""))

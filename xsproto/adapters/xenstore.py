@@ -170,23 +170,6 @@ class Xenstore:
                 out[name] = value
         return out
 
-    def read_keys(self, path: str, keys: Iterable[str]) -> dict[str, bytes]:
-        """The values of ``path``'s children named ``keys`` (missing ones left out): a
-        record is read by its own keys, whatever else a peer put beside them.
-
-        The directory is listed first, and only the keys it holds are read. In a
-        transaction that matters: C xenstored reads a node live the first time and
-        tracks only nodes that exist, so keys read while absent and written by another
-        commit before ours would give a torn record; the listing ties the directory
-        itself to the transaction, and a commit adding keys to it makes ours conflict.
-        (Seen in the lab: a record missing version, state, origin and request-id.)"""
-        present = set(self.children(path))
-        out = {}
-        for key in keys:
-            if key in present and (value := self.read(f"{path}/{key}")) is not None:
-                out[key] = value
-        return out
-
     def perms(self, path: str) -> list[str] | None:
         """The node's permissions (``n0``, ``r3``, ...; the first names the owner); None
         if absent."""

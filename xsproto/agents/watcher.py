@@ -450,7 +450,7 @@ class Watcher:
         before, after = applying.to_nodes(), done.to_nodes()
 
         def txn(t: XenstoreIO) -> bool:
-            now = t.read_keys(where, (records.REQUEST_ID, records.STATE))
+            now = xenstore_records.read_keys(t, where, (records.REQUEST_ID, records.STATE))
             if now != {k: before[k] for k in (records.REQUEST_ID, records.STATE)}:
                 return False
             t.write(f"{where}/{records.STATE}", after[records.STATE])
