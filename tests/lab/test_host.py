@@ -118,9 +118,10 @@ def host_reboot(names: list[str], save_dir: Path, watcher: WatcherProcess) -> st
 
 
 @pytest.mark.skip(reason=(
-    "two PVH guests through xendomains' save and restore met QEMU 7.2's nested-SVM triple "
-    "fault on all five attempts of the final run (EmulatorFault); PV guests cannot stand "
-    "in (their extra pages are not in the saved stream). Issue 9 stays open for it"))
+    "two PVH guests through xendomains' save and restore: in the final run the emulator "
+    "triple-faulted four attempts (EmulatorFault, rerun) and the fifth failed too; PV "
+    "guests cannot stand in (their extra pages are not in the saved stream). Issue 9 "
+    "stays open for it"))
 def test_xendomains_stop_and_start_keep_both_guests_grants(
         make_guest: GuestFactory, unit_watcher: WatcherProcess, integrated: str,
         save_dir: Path) -> None:
