@@ -173,6 +173,35 @@ def test_the_xendomains_block_sends_save_restore_migrate_to_xsproto(stub_bin: Pa
                                 "stock xen list -l", "stock xen domid g"]
 
 
+XENDOMAINS = Path("/etc/init.d/xendomains")
+LIST = '[{"domid": 0, "config": {"c_info": {"name": "Domain-0"}}}, ' \
+       '{"domid": 3, "config": {"c_info": {"name": "g1"}}}]'
+
+
+@pytest.mark.skipif(not XENDOMAINS.exists(), reason="xen-utils-common is not installed")
+def test_debians_own_xendomains_saves_and_restores_through_xsproto(stub_bin: Path,
+                                                                 tmp_path: Path) -> None:
+    """The functions of the real /etc/init.d/xendomains that save at shutdown and restore
+    at boot, run with the block sourced (the lab runs the whole script on real Xen)."""
+    script = XENDOMAINS.read_text()
+    functions = [re.search(rf"^{name}\(\)\n\{{\n.*?^\}}$", script, re.M | re.S)
+                 for name in ("timeout_coproc", "do_stop_save", "do_start_restore")]
+    assert all(functions), "xendomains changed: check the integration (docs/admin.md)"
+    (stub_bin / "xen").write_text(f"#!/bin/sh\necho '{LIST}'\n")  # xen-init-list: xen list -l
+    (stub_bin / "xsproto").write_text('#!/bin/sh\necho "xsproto $*" >> "$CALLS"\n'
+                                      '[ "$1" = save ] && echo image > "$3"\nexit 0\n')
+    saved = tmp_path / "save"
+    calls = tmp_path / "calls"
+    out = xendomains(stub_bin, "\n".join(
+        [". /lib/lsb/init-functions", *(f[0] for f in functions if f),
+         f"XENDOMAINS_SAVE={saved} XENDOMAINS_RESTORE=true XENDOMAINS_STOP_MAXWAIT=30",
+         f"export CALLS={calls}", "do_stop_save", "ls $XENDOMAINS_SAVE",
+         "declare -A domains; do_start_restore", "ls $XENDOMAINS_SAVE"]))
+    assert calls.read_text().splitlines() == [f"xsproto save 3 {saved}/g1",
+                                              f"xsproto restore {saved}/g1"], out
+    assert not (saved / "g1").exists()  # restored, so xendomains removed it
+
+
 def test_without_xsproto_the_block_falls_back_to_stock_xen(stub_bin: Path) -> None:
     (stub_bin / "xsproto").unlink()
     assert xendomains(stub_bin, "xen save 3 /s/g").strip() == "stock xen save 3 /s/g"
