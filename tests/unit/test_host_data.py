@@ -83,7 +83,7 @@ def test_completion_offers_every_subcommand_and_its_options() -> None:
         options = [o for a in parser._actions for o in a.option_strings]
         assert complete(name, "-") == options, name
     assert complete("install-host", "--root", "") == []  # a directory: bash's default
-    assert complete("status", "--domid", "3", "--") == ["--help", "--domid", "--json"]
+    assert complete("status", "--domid", "3", "--") == ["--help", "--domid", "--follow", "--json"]
 
 
 def roff_text(name: str) -> str:

@@ -11,17 +11,18 @@ _xsproto() {
         esac
     done
     case $cmd in
-        '') opts='-h --help --version --xenstore --log-level'; takes='--xenstore --log-level'
-            [[ $cur == -* ]] || opts='watcher request withdraw status save restore migrate migrate-send migrate-receive inspect-image install-host' ;;
-        watcher) opts='-h --help --policy'; takes=--policy ;;
+        '') opts='-h --help --version --xenstore --log-level -v --verbose -q --quiet'; takes='--xenstore --log-level'
+            [[ $cur == -* ]] || opts='watcher reconcile request withdraw status save restore migrate migrate-send migrate-receive inspect-image install-host' ;;
+        watcher) opts='-h --help --policy --check-config'; takes=--policy ;;
+        reconcile) opts='-h --help --adopt --reapply --domid --policy --json'; takes='--domid --policy' ;;
         request) opts='-h --help --domid --timeout --dm-domid --json --pages --reason'; takes='--domid --timeout --dm-domid --pages --reason' ;;
         withdraw) opts='-h --help --domid --timeout --dm-domid --json'; takes='--domid --timeout --dm-domid' ;;
-        status) opts='-h --help --domid --json'; takes=--domid ;;
+        status) opts='-h --help --domid --follow --json'; takes=--domid ;;
         save) opts='-h --help'; takes='' ;;
-        restore) opts='-h --help'; takes='' ;;
-        migrate) opts='-h --help -s --ssh -C -e -p --debug'; takes='-s --ssh -C' ;;
+        restore) opts='-h --help --policy --over-policy'; takes=--policy ;;
+        migrate) opts='-h --help -s --ssh -C -e -p --debug --policy --over-policy'; takes='-s --ssh -C --policy' ;;
         migrate-send) opts='-h --help --source-domid --grant'; takes='--source-domid --grant' ;;
-        migrate-receive) opts='-h --help -e -p -d'; takes='' ;;
+        migrate-receive) opts='-h --help -e -p -d --policy --over-policy'; takes=--policy ;;
         inspect-image) opts='-h --help --json'; takes='' ;;
         install-host) opts='-h --help --root --uninstall --json'; takes=--root ;;
         *) return ;;
