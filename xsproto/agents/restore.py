@@ -25,7 +25,7 @@ from xsproto import carrying, logs, paths
 from xsproto.adapters import xenstore_records, xl
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.agents.image_grants import apply_grant, restore_refusals
+from xsproto.agents.image_grants import apply_grant, read_replacement, restore_refusals
 from xsproto.errors import (
     GrantRefused,
     HypervisorError,
@@ -38,7 +38,8 @@ from xsproto.grant import Grant
 from xsproto.policy import Policy
 from xsproto.stream.reader import Readable, write_all
 from xsproto.stream.relay import relay_body
-from xsproto.stream.walk import ImageHead, read_head
+from xsproto.stream.walk import ConfigSummary, ImageHead, read_head
+from xsproto.xl_config import DomainSettings
 
 log = logging.getLogger("xsproto.restore")
 
@@ -51,14 +52,13 @@ MIGRATION_STREAM = "migration stream"
 """How errors name the image migrate-receive reads."""
 
 
-def run_restore(file: Path, xl_options: list[str], *, xenstore: str | None,
-                policy: str | None = None, over_policy: bool = False) -> int:
-    """``xsproto restore [--policy FILE] [--over-policy] FILE [xl restore flags]``."""
-    try:
-        flags, _ = xl.split_options(xl_options, verb="restore")
-    except xl.UsageError as e:
-        print(f"xsproto restore: {e}", file=sys.stderr)
-        return Exit.USAGE
+def run_restore(file: Path, flags: list[str], *, config: str | None = None,
+                xenstore: str | None, policy: str | None = None,
+                over_policy: bool = False) -> int:
+    """``xsproto restore [-p] [-e] [-d] [-V] [--policy FILE] [--over-policy] [CONFIG] FILE``.
+
+    A replacement CONFIG is checked against the image's record before xl starts."""
+    replacement = read_replacement(config) if config is not None else None
     admission = Admission.of(policy, over_policy=over_policy)
     try:
         src = open(file, "rb")  # noqa: SIM115 (closed below, after the feed)
@@ -67,14 +67,27 @@ def run_restore(file: Path, xl_options: list[str], *, xenstore: str | None,
     try:
         with src, image_errors_from(file):
             head = read_head(src)  # a bad header fails here, before xl creates anything
-            result = restore_with(src, Receiver("restore", [*flags, STDIN_PATH], incoming=False),
-                                  admission, head=head, xenstore=xenstore,
-                                  total=_size(src.fileno()))
+            args = [*flags, STDIN_PATH]
+            if replacement is not None:
+                _check_replacement(head, replacement)
+                args = [*flags, replacement.source, STDIN_PATH]
+            result = restore_with(src, Receiver("restore", args, incoming=False), admission,
+                                  head=head, xenstore=xenstore, total=_size(src.fileno()),
+                                  name=None if replacement is None else replacement.name)
     except GrantRefused as e:
         return _refused(file, e)
     logs.event(log, "restored", path=str(file), domid=result.domid,
                granted_pages=result.granted_pages, max_pages=result.max_pages)
     return Exit.OK
+
+
+def _check_replacement(head: ImageHead, replacement: DomainSettings) -> None:
+    """A replacement config for an image that carries a grant must fit its record."""
+    if head.record is None or not head.record.granted_pages:
+        return
+    config = head.header.config_json()
+    carrying.check_replacement(head.record, None if config is None
+                               else ConfigSummary.from_config(config), replacement)
 
 
 def run_receive(flags: list[str], *, xenstore: str | None, policy: str | None = None,
@@ -144,14 +157,18 @@ class Restored:
 
 
 def restore_with(src: Readable, receiver: Receiver, admission: Admission, *,
-                 head: ImageHead | None, xenstore: str | None,
-                 total: int | None = None) -> Restored:
-    """Feed an image to ``xl VERB``; on any failure destroy what xl may have left."""
+                 head: ImageHead | None, xenstore: str | None, total: int | None = None,
+                 name: str | None = None) -> Restored:
+    """Feed an image to ``xl VERB``; on any failure destroy what xl may have left.
+
+    ``name``: the new domain's, when a replacement config gives it instead of the image.
+    """
     hv = Hypervisor()
     with Xenstore(xenstore) as xs:
         before = set(hv.domids())
         proc = xl.start(receiver.verb, receiver.args, feed=True)
-        restoring = Restoring(proc, receiver, hv, xs, before, admission)
+        restoring = Restoring(proc, receiver, hv, xs, before, admission,
+                              names=set() if name is None else {name})
         assert proc.stdin is not None  # feed=True
         try:
             try:
