@@ -6,11 +6,13 @@ headers are kept, so a multi-gigabyte image is inspected in constant memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from typing import Any
+from typing import Any, BinaryIO
 
 from xsproto import fields, outputs
+from xsproto.adapters import terminal
 from xsproto.errors import XsprotoError, image_errors_from
 from xsproto.exitcodes import Exit
 from xsproto.stream import ImageSummary, summarize
@@ -19,14 +21,19 @@ from xsproto.values import escaped
 
 
 def run(file: str, *, as_json: bool) -> int:
-    """``xsproto inspect-image FILE`` (``-``: standard input, e.g. an image piped in)."""
+    """``xsproto inspect-image FILE`` (``-``: standard input, e.g. an image piped in); a
+    terminal shows the walk's progress meanwhile (not with ``--json``)."""
     try:
-        if file == "-":
-            with image_errors_from("standard input"):
-                summary = summarize(sys.stdin.buffer)
-        else:
-            with open(file, "rb") as src, image_errors_from(file):
-                summary = summarize(src)
+        with contextlib.ExitStack() as stack:
+            if file == "-":
+                src: BinaryIO = sys.stdin.buffer
+                stack.enter_context(image_errors_from("standard input"))
+            else:
+                src = stack.enter_context(open(file, "rb"))
+                stack.enter_context(image_errors_from(file))
+            progress = stack.enter_context(terminal.progress(
+                "inspect", terminal.file_size(src.fileno()), log=None, shown=not as_json))
+            summary = summarize(src, progress=progress)
     except OSError as e:
         raise XsprotoError(f"{file}: cannot read: {e.strerror or e}") from e
     print(json.dumps(to_json(summary), indent=2) if as_json else render(summary))

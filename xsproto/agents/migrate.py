@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 
 from xsproto import logs
-from xsproto.adapters import xl
+from xsproto.adapters import terminal, xl
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.agents.image_grants import (
@@ -27,6 +27,7 @@ from xsproto.agents.image_grants import (
 from xsproto.errors import image_errors_from
 from xsproto.exitcodes import Exit
 from xsproto.grant import Grant
+from xsproto.progress import Progress, no_progress
 from xsproto.stream.reader import Readable
 from xsproto.stream.relay import add_grant
 
@@ -92,12 +93,15 @@ def run_migrate(domain: str, host: str, ssh: str, options: XlMigrateOptions, *,
 
 def run_send(source_domid: int, grant: Grant | None, receiver: str) -> int:
     """``xsproto migrate-send``: xl's transport; exits with the receiver's status."""
-    with image_errors_from(f"migration stream of domain {source_domid}"):
-        return relay_to_receiver(sys.stdin.buffer, receiver, grant, source_domid=source_domid)
+    # stderr is xl migrate's, where xl prints its own progress: log only.
+    with image_errors_from(f"migration stream of domain {source_domid}"), \
+            terminal.progress("migrate", None, log=log, shown=False) as progress:
+        return relay_to_receiver(sys.stdin.buffer, receiver, grant, source_domid=source_domid,
+                                 progress=progress)
 
 
 def relay_to_receiver(src: Readable, receiver: str, grant: Grant | None, *,
-                      source_domid: int) -> int:
+                      source_domid: int, progress: Progress = no_progress) -> int:
     """Start ``receiver`` (its stdout is ours: back to xl) and relay ``src`` into it.
 
     Returns the receiver's exit status, which becomes this transport's.
@@ -105,7 +109,7 @@ def relay_to_receiver(src: Readable, receiver: str, grant: Grant | None, *,
     proc = xl.start_shell(receiver)
     assert proc.stdin is not None  # start_shell feeds it
     try:
-        add_grant(src, proc.stdin, grant, source_domid=source_domid)
+        add_grant(src, proc.stdin, grant, source_domid=source_domid, progress=progress)
         proc.stdin.close()
     except BrokenPipeError as e:  # the receiver stopped reading: its status says why
         raise xl.XlFailed("migrate-receive", proc.wait()) from e

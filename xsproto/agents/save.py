@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from xsproto import logs
-from xsproto.adapters import xl
+from xsproto.adapters import terminal, xl
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.agents.image_grants import (
@@ -122,8 +122,11 @@ def save(domid: int, image: PendingImage, grant: Grant | None, *,
         finally:
             os.close(write_fd)
         try:
-            with image_errors_from(f"xl save stream of domain {domid}"):
-                size = add_grant(src, image.file, grant, source_domid=domid)
+            # xl prints its own progress lines on this terminal meanwhile: log only.
+            with image_errors_from(f"xl save stream of domain {domid}"), \
+                    terminal.progress("save", None, log=log, shown=False) as progress:
+                size = add_grant(src, image.file, grant, source_domid=domid,
+                                 progress=progress)
         except BaseException as e:  # closing the pipe makes xl fail, unless it is done
             failure = e
     if status := proc.wait():

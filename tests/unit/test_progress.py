@@ -1,0 +1,146 @@
+"""Progress of long image work: the pure figures, and when a terminal gets a line."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import pytest
+
+from xsproto import progress
+from xsproto.adapters import terminal
+from xsproto.agents import inspect_image
+from xsproto.progress import Meter
+from xsproto.stream import summarize, synthetic
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(("count", "text"), [
+    (0, "0 B"), (1023, "1023 B"), (1024, "1 KiB"), (1536 * 1024, "1.5 MiB"),
+    (int(2.6 * (1 << 30)), "2.6 GiB"), (1000 * MiB, "1000 MiB"), (123.456 * MiB, "123 MiB"),
+    (1 << 60, "1024 PiB"),
+])
+def test_sizes_in_binary_units(count: float, text: str) -> None:
+    assert progress.size(count) == text
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0, "0:00"), (0.2, "0:01"), (59.5, "1:00"), (65, "1:05"), (3725, "1:02:05")])
+def test_durations_round_up(seconds: float, text: str) -> None:
+    assert progress.duration(seconds) == text
+
+
+@pytest.mark.parametrize(("done", "total", "seconds", "text"), [
+    (512 * MiB, 1024 * MiB, 4.0, "restore   50%  512 MiB of 1 GiB  128 MiB/s  ETA 0:04"),
+    (0, 1024 * MiB, 0.5, "restore    0%  0 B of 1 GiB"),
+    (1024 * MiB, 1024 * MiB, 8.0, "restore  100%  1 GiB of 1 GiB  128 MiB/s"),
+    (3 * MiB, 1024 * MiB, 0.0, "restore    0%  3 MiB of 1 GiB"),
+    (512 * MiB, None, 4.0, "restore  512 MiB  128 MiB/s"),
+    (2048 * MiB, 1024 * MiB, 1.0, "restore  100%  2 GiB of 1 GiB  2 GiB/s"),
+], ids=["half", "nothing-yet", "done", "no-time-yet", "size-unknown", "past-the-size"])
+def test_a_line_has_percent_rate_and_eta_when_the_size_is_known(
+        done: int, total: int | None, seconds: float, text: str) -> None:
+    assert progress.line("restore", done, total, seconds) == text
+
+
+def test_the_meter_waits_an_interval_then_draws_at_most_once_per_interval() -> None:
+    meter = Meter("inspect", 100, started=10.0, interval=0.5)
+    assert [meter.due(t) for t in (10.1, 10.49, 10.5, 10.7, 10.99, 11.0)] == [
+        False, False, True, False, False, True]
+    assert meter.line(50, 12.0) == "inspect   50%  50 B of 100 B  25 B/s  ETA 0:02"
+
+
+class Tty(io.StringIO):
+    def __init__(self, tty: bool = True) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run(stream: Tty, *, step: float = 0.3, **kw: object) -> None:
+    """A 1000-byte job told of every quarter, ``step`` seconds apart."""
+    clock = Clock()
+    with terminal.progress("restore", 1000, stream=stream, clock=clock,
+                           **kw) as tell:  # type: ignore[arg-type]
+        for quarter in range(1, 5):
+            clock.now += step
+            tell(quarter * 250)
+
+
+def test_a_terminal_gets_one_line_redrawn_in_place_then_erased() -> None:
+    stream = Tty()
+    _run(stream, log=None)
+    assert stream.getvalue() == (
+        "\rrestore   50%  500 B of 1000 B  833 B/s  ETA 0:01\x1b[K"
+        "\rrestore  100%  1000 B of 1000 B  833 B/s\x1b[K"
+        "\r\x1b[K")
+
+
+@pytest.mark.parametrize(("tty", "shown"), [(False, True), (True, False)],
+                         ids=["piped", "json"])
+def test_no_line_when_piped_or_under_json_but_log_events(
+        caplog: pytest.LogCaptureFixture, tty: bool, shown: bool) -> None:
+    """A pipe, a log file or the journal gets a log event every LOG_INTERVAL seconds."""
+    stream = Tty(tty)
+    log = logging.getLogger("xsproto.test-progress")
+    with caplog.at_level(logging.INFO, logger=log.name):
+        _run(stream, step=1.0, log=log, shown=shown)
+    assert stream.getvalue() == ""
+    assert [r.getMessage() for r in caplog.records] == [
+        "progress what=restore bytes=500 total=1000 seconds=2.0",
+        "progress what=restore bytes=1000 total=1000 seconds=4.0"]
+
+
+def test_quiet_hides_the_line_and_the_events(caplog: pytest.LogCaptureFixture) -> None:
+    stream = Tty()
+    log = logging.getLogger("xsproto.test-progress")
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        _run(stream, step=1.0, log=log)
+    assert stream.getvalue() == "" and caplog.records == []
+
+
+def test_a_job_done_within_the_interval_draws_nothing() -> None:
+    stream = Tty()
+    with terminal.progress("inspect", 10, log=None, stream=stream, clock=Clock()) as tell:
+        tell(10)
+    assert stream.getvalue() == ""
+
+
+def test_the_walk_reports_every_byte_it_reads() -> None:
+    image = synthetic.build_image(page_batches=(3, 2)) + b"trailing"
+    seen: list[int] = []
+    summarize(io.BytesIO(image), progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == len(image)
+
+
+def test_inspect_image_json_never_draws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "img"
+    path.write_bytes(synthetic.build_image())
+    stream = Tty()
+    monkeypatch.setattr("sys.stderr", stream)
+    drawn: list[tuple[str, int | None, bool]] = []
+    real = terminal.progress
+
+    def spy(what: str, total: int | None, **kw: bool) -> object:
+        drawn.append((what, total, kw["shown"]))
+        return real(what, total, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(terminal, "progress", spy)
+    inspect_image.run(str(path), as_json=True)
+    inspect_image.run(str(path), as_json=False)
+    assert drawn == [("inspect", len(path.read_bytes()), False),
+                     ("inspect", len(path.read_bytes()), True)]
+    assert stream.getvalue() == ""
