@@ -1,8 +1,8 @@
 """What the command line prints with ``--json``: versioned documents for scripts.
 
 Each is a frozen dataclass declared with ``xsproto.fields`` rules, so the JSON a command
-prints (``fields.dump``) and the schema published in schemas/ (``python -m
-xsproto.schemas``) come from one declaration. ``format`` is the version of the document:
+prints (``fields.dump``) and the schema published in xsproto/data/schemas/ (``python
+-m xsproto.schemas``) come from one declaration. ``format`` is the version of the document:
 additions keep it, changes bump it. Numbers are JSON numbers.
 """
 

@@ -22,7 +22,8 @@ from xsproto.cli import build_parser
 from xsproto.policy import DomainOverride, Policy
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGE_DATA = sorted(p.name for p in (REPO / "xsproto" / "data").iterdir())
+DATA = REPO / "xsproto" / "data"
+PACKAGE_DATA = sorted(str(p.relative_to(DATA)) for p in DATA.rglob("*") if p.is_file())
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -134,6 +135,8 @@ def test_the_wheel_carries_the_package_its_typing_marker_and_the_host_files() ->
         files = {str(p.relative_to(out)) for p in Path(out).rglob("*") if p.is_file()}
     modules = {str(p.relative_to(REPO)) for p in (REPO / "xsproto").rglob("*.py")}
     assert files == modules | {"xsproto/py.typed"} | {f"xsproto/data/{n}" for n in PACKAGE_DATA}
+    assert {"xsproto/data/xsproto-watcher.service", "xsproto/data/schemas/status-output"
+            ".schema.json", "xsproto/data/schemas/image-record.schema.json"} <= files
 
 
 STUBS = {"xen": 'echo "stock xen $*" >&2', "xsproto": 'echo "xsproto $*" >&2; exit 3'}

@@ -46,7 +46,7 @@ def _flags(mandatory: int) -> list[str]:
 
 
 def to_json(s: ImageSummary) -> dict[str, Any]:
-    """The summary as the ``--json`` document (schemas/inspect-output.schema.json)."""
+    """The summary as the ``--json`` document (xsproto/data/schemas/inspect-output.schema.json)."""
     h, c = s.header, s.config
     document: dict[str, Any] = fields.dump(outputs.ImageOutput(
         xl_header=outputs.XlHeaderSummary(
