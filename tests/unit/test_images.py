@@ -813,16 +813,21 @@ def running_guest(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(xl, "domain_config", lambda domid: synthetic.domain_config())
 
 
+@pytest.mark.parametrize("verb", ["save", "migrate"])
 @pytest.mark.parametrize("text", [OTHER_NAME, LESS_MEMORY], ids=["other-name", "less-memory"])
-def test_save_refuses_a_replacement_that_does_not_fit_before_xl_starts(
-        hooks: list[str], running_guest: None, monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path, text: str) -> None:
+def test_save_and_migrate_refuse_a_replacement_that_does_not_fit_before_xl_starts(
+        hooks: list[str], running_guest: None, nothing_starts: None, tmp_path: Path,
+        text: str, verb: str) -> None:
+    """Checked against the record the running domain's own config would carry."""
     config = tmp_path / "g.cfg"
     config.write_text(text)
-    monkeypatch.setattr(xl, "start", lambda *a, **kw: pytest.fail("xl started"))
     with pytest.raises(ReplacementRefused, match=str(config)):
-        save.run("guest", tmp_path / "img", ["-c"], config=str(config), xenstore=None)
-    assert hooks == [f"freeze 3 pid {os.getpid()} save", "read 3", "thaw 3"]
+        if verb == "save":
+            save.run("guest", tmp_path / "img", ["-c"], config=str(config), xenstore=None)
+        else:
+            migrate.run_migrate("guest", "h", "ssh", migrate.XlMigrateOptions(config=str(config)),
+                                xenstore=None)
+    assert hooks == [f"freeze 3 pid {os.getpid()} {verb}", "read 3", "thaw 3"]
     assert list(tmp_path.iterdir()) == [config]
 
 
@@ -841,19 +846,6 @@ def test_save_passes_a_fitting_replacement_to_xl(
     monkeypatch.setattr(xl, "start", start)
     assert save.run("guest", tmp_path / "img", ["-c"], config=str(config), xenstore=None) == 0
     assert argv[0] == "-c" and argv[1] == "3" and argv[3] == str(config)
-
-
-@pytest.mark.parametrize("text", [OTHER_NAME, LESS_MEMORY], ids=["other-name", "less-memory"])
-def test_migrate_refuses_a_replacement_that_does_not_fit_before_xl_starts(
-        hooks: list[str], running_guest: None, monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path, text: str) -> None:
-    config = tmp_path / "g.cfg"
-    config.write_text(text)
-    monkeypatch.setattr(xl, "run", lambda *a, **kw: pytest.fail("xl started"))
-    options = migrate.XlMigrateOptions(config=str(config))
-    with pytest.raises(ReplacementRefused, match=str(config)):
-        migrate.run_migrate("guest", "h", "ssh", options, xenstore=None)
-    assert hooks == [f"freeze 3 pid {os.getpid()} migrate", "read 3", "thaw 3"]
 
 
 def test_an_unreadable_replacement_is_refused_before_anything(
