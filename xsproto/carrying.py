@@ -127,11 +127,13 @@ def check_replacement(record: ImageRecord, own: ConfigSummary | None,
     after the domain was made.
     """
     where = replacement.source
+    owner = (f"{record.domain_name!r}, the domain whose {record.granted_pages} granted "
+             "pages the image carries")
+    if replacement.name is None:
+        raise ReplacementRefused(f"no name setting: it must be name = {owner}", path=where)
     if replacement.name != record.domain_name:
-        raise ReplacementRefused(
-            f"name = {replacement.name!r} is not {record.domain_name!r}, the domain whose "
-            f"{record.granted_pages} granted pages the image carries; use its name (and "
-            "xl rename the domain afterwards)", path=where)
+        raise ReplacementRefused(f"name = {replacement.name!r} is not {owner}; use its name "
+                                 "(and xl rename the domain afterwards)", path=where)
     if (replacement.uuid is not None and record.domain_uuid is not None
             and replacement.uuid.lower() != record.domain_uuid.lower()):
         raise ReplacementRefused(

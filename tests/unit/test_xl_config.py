@@ -117,7 +117,8 @@ def test_a_replacement_for_the_same_domain_with_as_much_memory_fits(
     (replacement("clone"), "/etc/xen/g.cfg: name = 'clone' is not 'guest', the domain whose "
                            "2048 granted pages the image carries; use its name (and xl rename "
                            "the domain afterwards)"),
-    (replacement(None), "/etc/xen/g.cfg: name = None is not 'guest'"),
+    (replacement(None), "/etc/xen/g.cfg: no name setting: it must be name = 'guest', the "
+                        "domain whose 2048 granted pages the image carries"),
     (replacement(uuid="00000000-0000-0000-0000-000000000001"),
      "/etc/xen/g.cfg: uuid = '00000000-0000-0000-0000-000000000001' is not "
      f"'{synthetic.DEFAULT_UUID}', the uuid of domain 'guest' in the image's record"),

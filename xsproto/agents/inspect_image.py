@@ -26,6 +26,8 @@ def run(file: str, *, as_json: bool) -> int:
     try:
         with contextlib.ExitStack() as stack:
             if file == "-":
+                if sys.stdin is None:  # started with file descriptor 0 closed
+                    raise XsprotoError("standard input is closed")
                 src: BinaryIO = sys.stdin.buffer
                 stack.enter_context(image_errors_from("standard input"))
             else:
