@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xsproto import fields
-from xsproto.outputs import FollowEvent, ImageOutput, RequestOutput, StatusOutput
+from xsproto.outputs import (
+    FollowEvent,
+    ImageOutput,
+    InstallOutput,
+    ReconcileOutput,
+    RequestOutput,
+    StatusOutput,
+)
 from xsproto.policy import Policy
 from xsproto.records import DecisionRecord, Request
 from xsproto.stream.image_record import ImageRecord
@@ -32,6 +39,8 @@ SCHEMA_MODELS: list[tuple[str, type[DataclassInstance]]] = [
     ("follow-event", FollowEvent),
     ("request-output", RequestOutput),
     ("inspect-output", ImageOutput),
+    ("reconcile-output", ReconcileOutput),
+    ("install-output", InstallOutput),
 ]
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "data" / "schemas"
