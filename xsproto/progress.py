@@ -41,16 +41,15 @@ def duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def line(what: str, done: int, total: int | None, seconds: float) -> str:
+def line(what: str, done: int, total: int | None, rate: float | None) -> str:
     """One progress line: ``what``, then percent and ``done of total`` when the total is
-    known (else just ``done``), the average rate so far, and the time left at that rate."""
-    rate = done / seconds if seconds > 0 and done else None
+    known (else just ``done``), the rate (bytes a second), and the time left at it."""
     if total:
         parts = [what, f"{min(100, done * 100 // total):3d}%",
                  f"{size(done)} of {size(total)}"]
     else:
         parts = [what, size(done)]
-    if rate is not None:
+    if rate:
         parts.append(f"{size(rate)}/s")
         if total and done < total:
             parts.append(f"ETA {duration((total - done) / rate)}")
@@ -59,20 +58,33 @@ def line(what: str, done: int, total: int | None, seconds: float) -> str:
 
 @dataclass
 class Meter:
-    """When a line is due for a job started at ``started`` (clock seconds): the first one
-    after ``interval`` (a job done sooner shows none), then at most one per interval."""
+    """When a line is due, and the rate it shows. The clock starts at the first report
+    (``done`` then is the baseline), not when the job was set up: a restore holds its
+    stream while xl makes the domain, and that wait is not transfer time. The first line
+    comes one ``interval`` later (a job done sooner shows none), then at most one per
+    interval."""
 
     what: str
     total: int | None
-    started: float
     interval: float = REDRAW_INTERVAL
-    last: float | None = None
+    started: float | None = None
+    base: int = 0
+    last: float = 0.0
 
-    def due(self, now: float) -> bool:
-        if now - (self.started if self.last is None else self.last) < self.interval:
+    def due(self, done: int, now: float) -> bool:
+        if self.started is None:
+            self.started, self.base, self.last = now, done, now
+            return False
+        if now - self.last < self.interval:
             return False
         self.last = now
         return True
 
+    def seconds(self, now: float) -> float:
+        """Since the first report."""
+        return 0.0 if self.started is None else now - self.started
+
     def line(self, done: int, now: float) -> str:
-        return line(self.what, done, self.total, now - self.started)
+        elapsed = self.seconds(now)
+        rate = (done - self.base) / elapsed if elapsed > 0 and done > self.base else None
+        return line(self.what, done, self.total, rate)

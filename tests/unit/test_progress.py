@@ -32,24 +32,28 @@ def test_durations_round_up(seconds: float, text: str) -> None:
     assert progress.duration(seconds) == text
 
 
-@pytest.mark.parametrize(("done", "total", "seconds", "text"), [
-    (512 * MiB, 1024 * MiB, 4.0, "restore   50%  512 MiB of 1 GiB  128 MiB/s  ETA 0:04"),
-    (0, 1024 * MiB, 0.5, "restore    0%  0 B of 1 GiB"),
-    (1024 * MiB, 1024 * MiB, 8.0, "restore  100%  1 GiB of 1 GiB  128 MiB/s"),
-    (3 * MiB, 1024 * MiB, 0.0, "restore    0%  3 MiB of 1 GiB"),
-    (512 * MiB, None, 4.0, "restore  512 MiB  128 MiB/s"),
-    (2048 * MiB, 1024 * MiB, 1.0, "restore  100%  2 GiB of 1 GiB  2 GiB/s"),
-], ids=["half", "nothing-yet", "done", "no-time-yet", "size-unknown", "past-the-size"])
+@pytest.mark.parametrize(("done", "total", "rate", "text"), [
+    (512 * MiB, 1024 * MiB, 128 * MiB, "restore   50%  512 MiB of 1 GiB  128 MiB/s  ETA 0:04"),
+    (0, 1024 * MiB, None, "restore    0%  0 B of 1 GiB"),
+    (1024 * MiB, 1024 * MiB, 128 * MiB, "restore  100%  1 GiB of 1 GiB  128 MiB/s"),
+    (512 * MiB, None, 128 * MiB, "restore  512 MiB  128 MiB/s"),
+    (2048 * MiB, 1024 * MiB, 2048 * MiB, "restore  100%  2 GiB of 1 GiB  2 GiB/s"),
+], ids=["half", "no-rate-yet", "done", "size-unknown", "past-the-size"])
 def test_a_line_has_percent_rate_and_eta_when_the_size_is_known(
-        done: int, total: int | None, seconds: float, text: str) -> None:
-    assert progress.line("restore", done, total, seconds) == text
+        done: int, total: int | None, rate: float | None, text: str) -> None:
+    assert progress.line("restore", done, total, rate) == text
 
 
-def test_the_meter_waits_an_interval_then_draws_at_most_once_per_interval() -> None:
-    meter = Meter("inspect", 100, started=10.0, interval=0.5)
-    assert [meter.due(t) for t in (10.1, 10.49, 10.5, 10.7, 10.99, 11.0)] == [
-        False, False, True, False, False, True]
-    assert meter.line(50, 12.0) == "inspect   50%  50 B of 100 B  25 B/s  ETA 0:02"
+def test_the_meter_starts_at_the_first_report_and_draws_once_per_interval() -> None:
+    """The first report is the baseline: a restore's hold (xl making the domain) before
+    any byte flows is not transfer time."""
+    meter = Meter("inspect", 1000, interval=0.5)
+    reports = [(10.0, 100), (10.3, 200), (10.5, 300), (10.7, 400), (11.0, 600)]
+    assert [meter.due(done, now) for now, done in reports] == [False, False, True, False,
+                                                               True]
+    assert meter.line(600, 11.0) == "inspect   60%  600 B of 1000 B  500 B/s  ETA 0:01"
+    assert meter.seconds(11.0) == 1.0
+    assert Meter("inspect", None).line(0, 1.0) == "inspect  0 B"
 
 
 class Tty(io.StringIO):
@@ -70,21 +74,23 @@ class Clock:
 
 
 def _run(stream: Tty, *, step: float = 0.3, **kw: object) -> None:
-    """A 1000-byte job told of every quarter, ``step`` seconds apart."""
+    """A 1000-byte job told of every tenth, ``step`` seconds apart."""
     clock = Clock()
     with terminal.progress("restore", 1000, stream=stream, clock=clock,
                            **kw) as tell:  # type: ignore[arg-type]
-        for quarter in range(1, 5):
+        for tenth in range(1, 11):
             clock.now += step
-            tell(quarter * 250)
+            tell(tenth * 100)
 
 
 def test_a_terminal_gets_one_line_redrawn_in_place_then_erased() -> None:
     stream = Tty()
     _run(stream, log=None)
-    assert stream.getvalue() == (
-        "\rrestore   50%  500 B of 1000 B  833 B/s  ETA 0:01\x1b[K"
-        "\rrestore  100%  1000 B of 1000 B  833 B/s\x1b[K"
+    assert stream.getvalue() == (  # the first report, at 100 B, is the baseline
+        "\rrestore   30%  300 B of 1000 B  333 B/s  ETA 0:03\x1b[K"
+        "\rrestore   50%  500 B of 1000 B  333 B/s  ETA 0:02\x1b[K"
+        "\rrestore   70%  700 B of 1000 B  333 B/s  ETA 0:01\x1b[K"
+        "\rrestore   90%  900 B of 1000 B  333 B/s  ETA 0:01\x1b[K"
         "\r\x1b[K")
 
 
@@ -99,8 +105,8 @@ def test_no_line_when_piped_or_under_json_but_log_events(
         _run(stream, step=1.0, log=log, shown=shown)
     assert stream.getvalue() == ""
     assert [r.getMessage() for r in caplog.records] == [
-        "progress what=restore bytes=500 total=1000 seconds=2.0",
-        "progress what=restore bytes=1000 total=1000 seconds=4.0"]
+        f"progress what=restore bytes={done} total=1000 seconds={seconds}"
+        for done, seconds in ((300, "2.0"), (500, "4.0"), (700, "6.0"), (900, "8.0"))]
 
 
 def test_quiet_hides_the_line_and_the_events(caplog: pytest.LogCaptureFixture) -> None:

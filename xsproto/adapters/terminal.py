@@ -42,7 +42,7 @@ class ProgressLine:
 
     def __call__(self, done: int) -> None:
         now = self.clock()
-        if self.meter.due(now):
+        if self.meter.due(done, now):
             self.stream.write(f"\r{self.meter.line(done, now)}{ERASE}")
             self.stream.flush()
             self.drawn = True
@@ -63,7 +63,7 @@ def progress(what: str, total: int | None, *, log: logging.Logger | None,
     stream = sys.stderr if stream is None else stream
     loud = log is None or log.isEnabledFor(logging.INFO)
     if shown and loud and stream.isatty():
-        line = ProgressLine(Meter(what, total, clock()), stream, clock)
+        line = ProgressLine(Meter(what, total), stream, clock)
         try:
             yield line
         finally:
@@ -72,12 +72,12 @@ def progress(what: str, total: int | None, *, log: logging.Logger | None,
     if log is None:
         yield no_progress
         return
-    meter = Meter(what, total, clock(), interval=LOG_INTERVAL)
+    meter = Meter(what, total, interval=LOG_INTERVAL)
 
     def logged(done: int) -> None:
         now = clock()
-        if meter.due(now):
+        if meter.due(done, now):
             logs.event(log, "progress", what=what, bytes=done, total=total,
-                       seconds=f"{now - meter.started:.1f}")
+                       seconds=f"{meter.seconds(now):.1f}")
 
     yield logged
