@@ -62,7 +62,8 @@ def _dequote(token: str, *, where: str) -> str:
 
 def parse(text: str, *, source: str) -> dict[str, Setting]:
     """Every key of an xl config and its final value; XlConfigError, naming the file and
-    line, for what xl's parser refuses."""
+    line, for what xl's parser refuses. Two things it refuses pass here (a carriage
+    return, a last-line comment without a newline): xl itself says so when it runs."""
     tokens: list[tuple[str, str, int]] = []
     line, position = 1, 0
     while position < len(text):
