@@ -22,12 +22,11 @@ one per version, on no Python's default path."""
 
 
 def debian_bindings(sysfs: Path = SYSFS) -> str | None:
-    """The bindings directory of the running Xen's version, found the way Debian's own
-    xen-dir finds its tools (/usr/lib/xen-common/bin/xen-version reads sysfs): bindings
-    of another version do not speak this hypervisor's interface. None when no Xen runs."""
+    """The bindings directory of the running Xen's version, found the way Debian's
+    ``xl`` finds its tools (/usr/lib/xen-common/bin/xen-utils-wrapper reads Xen's
+    version in sysfs): bindings of another version do not speak this hypervisor's
+    interface. None when no Xen runs."""
     try:
-        if (sysfs / "type").read_text().strip() != "xen":
-            return None
         version = ".".join((sysfs / "version" / part).read_text().strip()
                            for part in ("major", "minor"))
     except OSError:
