@@ -131,7 +131,8 @@ def _send(a: argparse.Namespace) -> int:
 
 def _inspect(a: argparse.Namespace) -> int:
     from xsproto.agents import inspect_image
-    return inspect_image.run(a.file, as_json=a.json)
+    return inspect_image.run(a.file, as_json=a.json,
+                             quiet=a.log_level in ("WARNING", "ERROR"))
 
 
 def _add_negotiation(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

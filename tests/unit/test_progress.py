@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from xsproto import progress
+from xsproto import cli, progress
 from xsproto.adapters import terminal
-from xsproto.agents import inspect_image
 from xsproto.progress import Meter
 from xsproto.stream import summarize, synthetic
 
@@ -131,8 +130,8 @@ def test_the_walk_reports_every_byte_it_reads() -> None:
     assert seen == sorted(seen) and seen[-1] == len(image)
 
 
-def test_inspect_image_json_never_draws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_image_draws_neither_under_json_nor_quiet(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "img"
     path.write_bytes(synthetic.build_image())
     stream = Tty()
@@ -145,8 +144,10 @@ def test_inspect_image_json_never_draws(tmp_path: Path, monkeypatch: pytest.Monk
         return real(what, total, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(terminal, "progress", spy)
-    inspect_image.run(str(path), as_json=True)
-    inspect_image.run(str(path), as_json=False)
-    assert drawn == [("inspect", len(path.read_bytes()), False),
-                     ("inspect", len(path.read_bytes()), True)]
-    assert stream.getvalue() == ""
+    size = len(path.read_bytes())
+    assert cli.main(["inspect-image", "--json", str(path)]) == 0
+    assert cli.main(["inspect-image", str(path)]) == 0
+    assert cli.main(["-q", "inspect-image", str(path)]) == 0
+    assert drawn == [("inspect", size, False), ("inspect", size, True),
+                     ("inspect", size, False)]
+    assert stream.getvalue() == ""  # a job done within the interval draws nothing

@@ -25,6 +25,7 @@ LOG_INTERVAL = 2.0
 ERASE = "\x1b[K"
 """Erase to the end of the line (ECMA-48 EL): a shorter line leaves nothing behind."""
 
+
 def file_size(fd: int) -> int | None:
     """The size of what ``fd`` reads, for percent and ETA, when it is a regular file (a
     pipe's is unknown)."""
@@ -58,8 +59,8 @@ def progress(what: str, total: int | None, *, log: logging.Logger | None,
              shown: bool = True, stream: TextIO | None = None,
              clock: Callable[[], float] = time.monotonic) -> Iterator[Progress]:
     """A progress callback for a job of ``total`` bytes (None: unknown) while the block
-    runs: a line on stderr when it is a terminal (and ``shown``: never under ``--json``,
-    nor when ``log`` is quieter than INFO), else events in ``log``."""
+    runs: a line on stderr when it is a terminal (and ``shown``: not under ``--json`` or
+    ``-q``; nor when ``log`` is quieter than INFO), else events in ``log``."""
     stream = sys.stderr if stream is None else stream
     loud = log is None or log.isEnabledFor(logging.INFO)
     if shown and loud and stream.isatty():

@@ -20,9 +20,9 @@ from xsproto.stream.xl_header import MANDATORY_FLAG_JSON, MANDATORY_FLAG_STREAMV
 from xsproto.values import escaped
 
 
-def run(file: str, *, as_json: bool) -> int:
+def run(file: str, *, as_json: bool, quiet: bool = False) -> int:
     """``xsproto inspect-image FILE`` (``-``: standard input, e.g. an image piped in); a
-    terminal shows the walk's progress meanwhile (not with ``--json``)."""
+    terminal shows the walk's progress meanwhile (not with ``--json`` or ``-q``)."""
     try:
         with contextlib.ExitStack() as stack:
             if file == "-":
@@ -34,7 +34,8 @@ def run(file: str, *, as_json: bool) -> int:
                 src = stack.enter_context(open(file, "rb"))
                 stack.enter_context(image_errors_from(file))
             progress = stack.enter_context(terminal.progress(
-                "inspect", terminal.file_size(src.fileno()), log=None, shown=not as_json))
+                "inspect", terminal.file_size(src.fileno()), log=None,
+                shown=not (as_json or quiet)))
             summary = summarize(src, progress=progress)
     except OSError as e:
         raise XsprotoError(f"{file}: cannot read: {e.strerror or e}") from e
