@@ -53,9 +53,12 @@ class Flavour(StrEnum):
     if any node it accessed changed by its commit; an unprivileged domain owns the nodes
     it creates; a missing node under one it may not read is EACCES."""
     OCAML = "ocaml"
-    """oxenstored 4.17: a transaction works on a snapshot and fails if the subtree at the
-    common prefix of what it read (or of what it wrote) changed; a created node inherits
-    its parent's permissions, owner included; a missing node is ENOENT."""
+    """oxenstored 4.17: a transaction works on a snapshot; a read-only one always ends
+    well; one that wrote commits if the subtrees at the common prefixes of what it read
+    and of what it wrote are unchanged, else its requests are replayed on the current
+    store and it commits if every answer is the same (process.ml's
+    ``transaction_replay``); a created node inherits its parent's permissions, owner
+    included; a missing node is ENOENT."""
 
 
 class Refused(Exception):
@@ -175,6 +178,9 @@ class Store:
 
     # Commits.
 
+    def injects_eagain(self) -> bool:
+        return self.eagain is not None and self.eagain()
+
     def _commit(self, txn: _Txn) -> None:
         if not txn.changed:
             return
@@ -208,6 +214,17 @@ class Store:
 
 
 _EXACT = True
+Answer = tuple[bool, object]
+"""A request's answer as oxenstored compares it on replay: (refused, error or value)."""
+REPLAYED = frozenset({"read", "directory", "get_perms", "write", "set_perms", "rm"})
+"""The requests a transaction records (watches are not part of it)."""
+
+
+def _answer(op: Callable[[_Txn, str], object], txn: _Txn, path: str) -> Answer:
+    try:
+        return False, op(txn, path)
+    except Refused as e:
+        return True, str(e)
 
 
 @dataclass(eq=False)
@@ -230,6 +247,9 @@ class _Txn:
     low_read: str | None = None
     low_write: str | None = None
     owned: Counter[int] = field(default_factory=Counter)
+    requests: list[tuple[Callable[[_Txn, str], object], str, Answer]] = field(
+        default_factory=list)
+    """oxenstored's record of the transaction: each request and its answer, to replay."""
 
     def __post_init__(self) -> None:
         self.start = self.store.generation
@@ -266,13 +286,25 @@ class _Txn:
         exact = dict(self.events)
         return [(path, exact[path]) for path in self.view if path in exact]
 
-    def conflicts(self) -> bool:
-        """Whether the commit fails: something it depends on changed, or the store
-        injects an EAGAIN."""
-        return (self.store.eagain is not None and self.store.eagain()) or self.stale()
+    def resolve(self) -> _Txn | None:
+        """What the commit applies: this transaction, or on oxenstored its replay on the
+        current store; None when the commit answers EAGAIN."""
+        store = self.store
+        if store.flavour is Flavour.C:
+            return None if self.stale() else self
+        if not self.changed:
+            return self  # oxenstored ends a read-only transaction without a commit
+        if not store.injects_eagain() and not self.stale():
+            return self
+        replay = _Txn(store, self.conn, snapshot=True)
+        if any(_answer(op, replay, path) != answer for op, path, answer in self.requests):
+            return None
+        return None if store.injects_eagain() else replay
 
     def stale(self) -> bool:
-        """Whether a commit since this transaction began touched what it depends on."""
+        """Whether a commit since this transaction began touched what it depends on: for
+        C xenstored any node it accessed; for oxenstored (coalescing) the subtree at the
+        common prefix of what it read or of what it wrote."""
         if self.store.flavour is Flavour.C:
             live = self.store.nodes
             return any((None if (n := live.get(p)) is None else n.generation) != gen
@@ -485,14 +517,19 @@ class Connection:
         """Send one request; a refusal is raised as xenstored's error (``Refused``)."""
         self._send(message, path)
         txn = self._txn or _Txn(self.store, self, snapshot=False)
+        where = self._abs(path)
         try:
-            result = op(txn, self._abs(path))
-        except Refused:
+            result = op(txn, where)
+        except Refused as e:
+            if txn is self._txn and message in REPLAYED:
+                txn.requests.append((op, where, (True, str(e))))
             if txn is not self._txn and self.store.flavour is Flavour.OCAML:
                 self.store._commit(txn)  # oxenstored keeps what a failing request did
             raise
         if txn is not self._txn:
             self.store._commit(txn)
+        elif message in REPLAYED:
+            txn.requests.append((op, where, (False, result)))
         return result
 
     def _request(self, message: str, path: str, op: Callable[[_Txn, str], T]) -> T | None:
@@ -574,7 +611,7 @@ class Connection:
                     self._end_txn(txn)
                     self._send("transaction_end", "")
                     raise
-                conflict = txn.conflicts()
+                conflict = txn.resolve() is None
                 self._send("transaction_end", "")
                 self._end_txn(txn)
                 if conflict:
@@ -588,11 +625,11 @@ class Connection:
                 self._send("transaction_end", "")  # the adapter's rollback
                 raise
             self._send("transaction_end", "")
-            conflict = txn.conflicts()
-            if not conflict:
-                self.store._commit(txn)
+            applied = txn.resolve()
+            if applied is not None:
+                self.store._commit(applied)
             self._end_txn(txn)
-            if not conflict:
+            if applied is not None:
                 self.plan.reach(FaultPoint.AFTER_COMMIT)
                 return result
         self.abandoned.append(("conflicts", frozenset(txn.view)))
