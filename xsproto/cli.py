@@ -212,8 +212,8 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                     "to the image's xl header, and write FILE atomically. Options and "
                     "arguments are xl save's, in its order.")
     _add_xl_flags(p, SAVE_FLAGS)
-    p.add_argument("domain", help="domain name or id")
-    p.add_argument("file", help="image to write (replaced only on success)")
+    p.add_argument("domain", metavar="DOMAIN", help="domain name or id")
+    p.add_argument("file", metavar="FILE", help="image to write (replaced only on success)")
     p.add_argument("config", nargs="?", metavar="CONFIG",
                    help="xl config to store instead of the running one (xl's ConfigFile); "
                         "with a grant, it must name the domain and give it no less memory")
@@ -230,7 +230,7 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="xl config to create the domain from instead of the image's (xl's "
                         "ConfigFile); with a grant, it must name the image's domain and give "
                         "it no less memory")
-    p.add_argument("file", help="image written by xl save or xsproto save")
+    p.add_argument("file", metavar="FILE", help="image written by xl save or xsproto save")
     p.set_defaults(run=_restore)
 
     p = sub.add_parser(
@@ -252,8 +252,9 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("-D", dest="preserve_domid", action="store_true",
                    help="keep the domain id on HOST (xl's -D)")
     _add_admission(p, ' (for HOST\'s receiving end; with -s "", put it in that command)')
-    p.add_argument("domain", help="domain name or id")
-    p.add_argument("host", help="destination host (or receiving command, with -s \"\")")
+    p.add_argument("domain", metavar="DOMAIN", help="domain name or id")
+    p.add_argument("host", metavar="HOST",
+                   help="destination host (or receiving command, with -s \"\")")
     p.set_defaults(run=_migrate)
 
     p = sub.add_parser("migrate-send", help="(run by xsproto migrate) the sending transport",
