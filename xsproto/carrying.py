@@ -15,12 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xsproto import paths, records
-from xsproto.errors import HypervisorError, ImageError, ProtocolError
+from xsproto.errors import HypervisorError, ImageError, ProtocolError, ReplacementRefused
 from xsproto.grant import Grant
 from xsproto.negotiation import DomainInfo, RejectCode
 from xsproto.policy import Limits, Policy
 from xsproto.records import DecisionRecord, DecisionState, Origin
+from xsproto.stream.image_record import ImageRecord
+from xsproto.stream.walk import ConfigSummary
 from xsproto.values import PAGES_MAX
+from xsproto.xl_config import DomainSettings
 
 
 def check_grant(decision: DecisionRecord | None, domain: DomainInfo) -> Grant | None:
@@ -109,3 +112,37 @@ def check_restore(grant: Grant, *, limits: Limits, policy: Policy, free_pages: i
                                 f"granted-pages {granted} > free {free_pages} - reserve "
                                 f"{reserve}"))
     return refusals
+
+
+def check_replacement(record: ImageRecord, own: ConfigSummary | None,
+                      replacement: DomainSettings) -> None:
+    """Refuse a replacement config that does not fit the grant ``record`` carries.
+
+    ``own`` is the config the image would otherwise restore with. A grant belongs to one
+    domain, so the replacement must name it (and, when both give one, have its uuid): a
+    renamed copy would take pages granted to another domain's device model, and the
+    policy caps by name. It must also give at least ``own``'s memory target, because the
+    new limit is libxl's base from the replacement plus the granted pages, and the image
+    holds up to the old base plus them: with less, Xen refuses pages mid-stream (EBUSY)
+    after the domain was made.
+    """
+    where = replacement.source
+    owner = (f"{record.domain_name!r}, the domain whose {record.granted_pages} granted "
+             "pages the image carries")
+    if replacement.name is None:
+        raise ReplacementRefused(f"no name setting: it must be name = {owner}", path=where)
+    if replacement.name != record.domain_name:
+        raise ReplacementRefused(f"name = {replacement.name!r} is not {owner}; use its name "
+                                 "(and xl rename the domain afterwards)", path=where)
+    if (replacement.uuid is not None and record.domain_uuid is not None
+            and replacement.uuid.lower() != record.domain_uuid.lower()):
+        raise ReplacementRefused(
+            f"uuid = {replacement.uuid!r} is not {record.domain_uuid!r}, the uuid of "
+            f"domain {record.domain_name!r} in the image's record", path=where)
+    if own is not None and own.target_memkb is not None \
+            and replacement.target_memkb < own.target_memkb:
+        raise ReplacementRefused(
+            f"{replacement.memory_from} gives {replacement.target_memkb} kB, less than the "
+            f"{own.target_memkb} kB of the image's own config (target_memkb): its memory "
+            f"and {record.granted_pages} granted pages would not fit; give memory = "
+            f"{-(-own.target_memkb // 1024)} or more", path=where)

@@ -16,6 +16,15 @@ from xsproto.errors import XsprotoError
 from xsproto.exitcodes import Exit
 from xsproto.values import DEFAULT_TIMEOUT
 
+# xl's own flags, in xl's order, with what xl's help says they do (tools/xl/xl_cmdtable.c);
+# each is passed through to xl.
+SAVE_FLAGS = {"-c": "leave the domain running after creating the snapshot",
+              "-p": "leave the domain paused after creating the snapshot",
+              "-D": "store the domain id in the configuration"}
+RESTORE_FLAGS = {"-p": "do not unpause the domain after restoring it",
+                 "-e": "do not wait in the background for the death of the domain",
+                 "-d": "enable debug messages",
+                 "-V": "connect to the VNC display after the domain is created"}
 RECEIVE_FLAGS = {"-e": "do not wait in the background for the domain's death",
                  "-p": "leave the domain paused", "-d": "debug (verification pass)"}
 
@@ -68,32 +77,44 @@ def _status(a: argparse.Namespace) -> int:
     return status.run(a.domid, as_json=a.json, xenstore=a.xenstore)
 
 
+def _add_xl_flags(p: argparse.ArgumentParser, flags: dict[str, str]) -> None:
+    for flag, what in flags.items():
+        p.add_argument(flag, dest=f"xl{flag}", action="store_true", help=f"xl's {flag}: {what}")
+
+
+def _xl_flags(a: argparse.Namespace, flags: dict[str, str]) -> list[str]:
+    """The xl flags given, in xl's order."""
+    return [flag for flag in flags if getattr(a, f"xl{flag}")]
+
+
 def _save(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from xsproto.agents import save
-    return save.run(a.domain, Path(a.file), a.xl_options, xenstore=a.xenstore)
+    return save.run(a.domain, Path(a.file), _xl_flags(a, SAVE_FLAGS), config=a.config,
+                    xenstore=a.xenstore)
 
 
 def _restore(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from xsproto.agents import restore
-    return restore.run_restore(Path(a.file), a.xl_options, xenstore=a.xenstore,
-                               policy=a.policy, over_policy=a.over_policy)
+    return restore.run_restore(Path(a.file), _xl_flags(a, RESTORE_FLAGS), config=a.config,
+                               xenstore=a.xenstore, policy=a.policy,
+                               over_policy=a.over_policy)
 
 
 def _receive(a: argparse.Namespace) -> int:
     from xsproto.agents import restore
-    flags = [flag for flag in RECEIVE_FLAGS if getattr(a, f"xl{flag}")]
-    return restore.run_receive(flags, xenstore=a.xenstore, policy=a.policy,
-                               over_policy=a.over_policy)
+    return restore.run_receive(_xl_flags(a, RECEIVE_FLAGS), xenstore=a.xenstore,
+                               policy=a.policy, over_policy=a.over_policy)
 
 
 def _migrate(a: argparse.Namespace) -> int:
     from xsproto.agents import migrate
     options = migrate.XlMigrateOptions(config=a.config, no_daemon=a.no_daemon,
-                                       paused=a.paused, debug=a.debug, policy=a.policy,
+                                       paused=a.paused, debug=a.debug,
+                                       preserve_domid=a.preserve_domid, policy=a.policy,
                                        over_policy=a.over_policy)
     return migrate.run_migrate(a.domain, a.host, a.ssh, options, xenstore=a.xenstore)
 
@@ -110,7 +131,8 @@ def _send(a: argparse.Namespace) -> int:
 
 def _inspect(a: argparse.Namespace) -> int:
     from xsproto.agents import inspect_image
-    return inspect_image.run(a.file, as_json=a.json)
+    return inspect_image.run(a.file, as_json=a.json,
+                             quiet=a.log_level in ("WARNING", "ERROR"))
 
 
 def _add_negotiation(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -187,41 +209,52 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser(
         "save", help="xl save, carrying the domain's negotiated pages in the image",
         description="Run stock 'xl save' through a pipe, add the domain's negotiated pages "
-                    "to the image's xl header, and write FILE atomically.")
-    p.add_argument("domain", help="domain name or id")
-    p.add_argument("file", help="image to write (replaced only on success)")
-    p.add_argument("xl_options", nargs=argparse.REMAINDER, metavar="XL_SAVE_OPTIONS",
-                   help="passed to xl save (e.g. -c, -p, -D, or a config file)")
+                    "to the image's xl header, and write FILE atomically. Options and "
+                    "arguments are xl save's, in its order.")
+    _add_xl_flags(p, SAVE_FLAGS)
+    p.add_argument("domain", metavar="DOMAIN", help="domain name or id")
+    p.add_argument("file", metavar="FILE", help="image to write (replaced only on success)")
+    p.add_argument("config", nargs="?", metavar="CONFIG",
+                   help="xl config to store instead of the running one (xl's ConfigFile); "
+                        "with a grant, it must name the domain and give it no less memory")
     p.set_defaults(run=_save)
 
     p = sub.add_parser(
         "restore", help="xl restore, applying the image's negotiated pages in time",
         description="Feed FILE to stock 'xl restore', raising the new domain's limit by the "
-                    "negotiated pages before the memory stream starts.")
+                    "negotiated pages before the memory stream starts. Options and "
+                    "arguments are xl restore's, in its order.")
+    _add_xl_flags(p, RESTORE_FLAGS)
     _add_admission(p)
-    p.add_argument("file", help="image written by xl save or xsproto save")
-    p.add_argument("xl_options", nargs=argparse.REMAINDER, metavar="XL_RESTORE_OPTIONS",
-                   help="flags passed to xl restore (e.g. -p, -e, -d)")
+    p.add_argument("config", nargs="?", metavar="CONFIG",
+                   help="xl config to create the domain from instead of the image's (xl's "
+                        "ConfigFile); with a grant, it must name the image's domain and give "
+                        "it no less memory")
+    p.add_argument("file", metavar="FILE", help="image written by xl save or xsproto save")
     p.set_defaults(run=_restore)
 
     p = sub.add_parser(
         "migrate", help="xl migrate, carrying the domain's negotiated pages",
         description="Live-migrate DOMAIN with stock 'xl migrate' through a transport that "
                     "adds the negotiated pages on this side and applies them on HOST "
-                    "(which runs 'xsproto migrate-receive').")
+                    "(which runs 'xsproto migrate-receive'). Options are xl migrate's.")
     p.add_argument("-s", "--ssh", default="ssh", metavar="SSHCMD",
                    help='remote shell (default: ssh); as with xl, -s "" makes HOST the '
                         "receiving command itself, e.g. 'xsproto migrate-receive'")
-    p.add_argument("-C", dest="config", metavar="CONFIG",
-                   help="send this domain config instead of the running one (xl's -C)")
     p.add_argument("-e", dest="no_daemon", action="store_true",
                    help="do not wait in the background on HOST for the domain's death")
+    p.add_argument("-C", dest="config", metavar="CONFIG",
+                   help="send this domain config instead of the running one (xl's -C); "
+                        "with a grant, it must name the domain and give it no less memory")
+    p.add_argument("--debug", action="store_true", help="xl's verification pass")
     p.add_argument("-p", dest="paused", action="store_true",
                    help="leave the domain paused on HOST after migration")
-    p.add_argument("--debug", action="store_true", help="xl's verification pass")
+    p.add_argument("-D", dest="preserve_domid", action="store_true",
+                   help="keep the domain id on HOST (xl's -D)")
     _add_admission(p, ' (for HOST\'s receiving end; with -s "", put it in that command)')
-    p.add_argument("domain", help="domain name or id")
-    p.add_argument("host", help="destination host (or receiving command, with -s \"\")")
+    p.add_argument("domain", metavar="DOMAIN", help="domain name or id")
+    p.add_argument("host", metavar="HOST",
+                   help="destination host (or receiving command, with -s \"\")")
     p.set_defaults(run=_migrate)
 
     p = sub.add_parser("migrate-send", help="(run by xsproto migrate) the sending transport",
@@ -237,8 +270,7 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "migrate-receive", help="receiving end of xsproto migrate (reads stdin)",
         description="Run stock 'xl migrate-receive', applying the stream's negotiated pages "
                     "in time; xl's replies go to stdout untouched.")
-    for flag, what in RECEIVE_FLAGS.items():
-        p.add_argument(flag, dest=f"xl{flag}", action="store_true", help=f"xl's {flag}: {what}")
+    _add_xl_flags(p, RECEIVE_FLAGS)
     _add_admission(p)
     p.set_defaults(run=_receive)
 

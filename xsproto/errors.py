@@ -78,6 +78,25 @@ class GrantRefused(XsprotoError):
         super().__init__(message)
 
 
+class XlConfigError(XsprotoError):
+    """An xl domain config file that xl would refuse, or that xsproto cannot read;
+    ``where`` is the file and line."""
+
+    def __init__(self, message: str, *, where: str) -> None:
+        self.where = where
+        super().__init__(f"{where}: {message}")
+
+
+class ReplacementRefused(XsprotoError):
+    """A replacement domain config (``restore CONFIG FILE``, ``save DOM FILE CONFIG``,
+    ``migrate -C CONFIG``) that does not fit the grant the image carries; ``path`` is the
+    config file. Refused before xl starts: nothing has changed."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
 class ImageKept(XsprotoError):
     """A save's image could not be put in place after xl succeeded (so the domain is gone):
     it is kept, whole or as far as it was checked, at ``path``."""

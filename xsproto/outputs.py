@@ -1,8 +1,8 @@
 """What the command line prints with ``--json``: versioned documents for scripts.
 
 Each is a frozen dataclass declared with ``xsproto.fields`` rules, so the JSON a command
-prints (``fields.dump``) and the schema published in schemas/ (``python -m
-xsproto.schemas``) come from one declaration. ``format`` is the version of the document:
+prints (``fields.dump``) and the schema published in xsproto/data/schemas/ (``python
+-m xsproto.schemas``) come from one declaration. ``format`` is the version of the document:
 additions keep it, changes bump it. Numbers are JSON numbers.
 """
 
@@ -14,6 +14,7 @@ from typing import Annotated, Final, Literal
 
 from xsproto import fields
 from xsproto.fields import Bool, Choice, Const, Int, Items, Model, Nullable, Number, Table, Text
+from xsproto.policy import OnDrift
 from xsproto.records import DecisionState, Origin
 from xsproto.stream.image_record import ImageRecord
 from xsproto.values import DOMID_MAX, PAGES_MAX, REQUEST_ID_MAX, U64_MAX
@@ -180,3 +181,54 @@ class ImageOutput(_Checked):
     pfns: Count
     end_offset: Count
     trailing_bytes: Count
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settled(_Checked):
+    domid: Domid
+    action: Annotated[OnDrift, Choice(OnDrift)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconcileOutput(_Checked):
+    """``xsproto reconcile --json``: the way drift is settled, and the domains it was
+    settled for (none: no drift)."""
+
+    format: Format = FORMAT
+    action: Annotated[OnDrift, Choice(OnDrift)]
+    settled: Annotated[tuple[Settled, ...], Items(Model(Settled))]
+
+
+class FileAction(StrEnum):
+    """What ``install-host`` did to one file."""
+
+    INSTALLED = "installed"
+    UNCHANGED = "unchanged"
+    KEPT = "kept"
+    REMOVED = "removed"
+    ABSENT = "absent"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileChange(_Checked):
+    path: Annotated[str, Text(min_length=1)]
+    action: Annotated[FileAction, Choice(FileAction)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstallFailure(_Checked):
+    path: Annotated[str, Text(min_length=1)]
+    message: Annotated[str, Text()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstallOutput(_Checked):
+    """``xsproto install-host --json``: every file, in order, and the failure that
+    stopped it, if one did."""
+
+    format: Format = FORMAT
+    root: Annotated[str, Text(min_length=1)]
+    uninstall: Annotated[bool, Bool()]
+    changes: Annotated[tuple[FileChange, ...], Items(Model(FileChange))]
+    error: Annotated[InstallFailure | None, Nullable(Model(InstallFailure))]

@@ -1,9 +1,9 @@
 """JSON Schemas of the protocol's records, generated from their dataclasses' field rules.
 
 The schemas describe each record in its JSON form (numbers as integers, keys as in
-xenstore). ``python -m xsproto.schemas`` rewrites schemas/; ``--check`` lists the files
-that differ from the records and exits 1. To add a schema, append one entry to
-SCHEMA_MODELS.
+xenstore). ``python -m xsproto.schemas`` rewrites them in ``xsproto/data/schemas/``
+(inside the package, so the wheel carries them); ``--check`` lists the files that differ
+from the records and exits 1. To add a schema, append one entry to SCHEMA_MODELS.
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xsproto import fields
-from xsproto.outputs import FollowEvent, ImageOutput, RequestOutput, StatusOutput
+from xsproto.outputs import (
+    FollowEvent,
+    ImageOutput,
+    InstallOutput,
+    ReconcileOutput,
+    RequestOutput,
+    StatusOutput,
+)
 from xsproto.policy import Policy
 from xsproto.records import DecisionRecord, Request
 from xsproto.stream.image_record import ImageRecord
@@ -32,9 +39,11 @@ SCHEMA_MODELS: list[tuple[str, type[DataclassInstance]]] = [
     ("follow-event", FollowEvent),
     ("request-output", RequestOutput),
     ("inspect-output", ImageOutput),
+    ("reconcile-output", ReconcileOutput),
+    ("install-output", InstallOutput),
 ]
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parent / "data" / "schemas"
 _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
@@ -73,7 +82,7 @@ def write(directory: Path = SCHEMA_DIR) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xsproto.schemas", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="exit 1 if schemas/ is stale")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the schemas are stale")
     parser.add_argument("--dir", type=Path, default=SCHEMA_DIR, help="schema directory")
     args = parser.parse_args(argv)
     if args.check:

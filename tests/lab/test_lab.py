@@ -11,12 +11,13 @@ import pytest
 from pyxs import Client
 
 from tests.lab.conftest import GuestFactory
+from xsproto.adapters.hypervisor import import_xc
 
 pytestmark = pytest.mark.lab
 
 
 def test_xen_limit_matches_xl(make_guest: GuestFactory) -> None:
-    from xen.lowlevel import xc
+    xc = import_xc()  # Xen's bindings, found as xsproto finds them (no .pth)
 
     domid = make_guest(memory_mb=128)
     info = xc.xc().domain_getinfo(domid, 1)[0]

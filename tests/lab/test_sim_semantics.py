@@ -27,7 +27,7 @@ from tests.sim.xenstore import Flavour
 from tools.lab import fetch, guests, initramfs
 from tools.lab.devicemodel import DEFAULT_START_PFN, PopulateError, populate
 from xsproto import paths
-from xsproto.adapters.hypervisor import Hypervisor
+from xsproto.adapters.hypervisor import Hypervisor, import_xc
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import HypervisorError
 from xsproto.io import XenstoreIO
@@ -141,7 +141,7 @@ def test_a_suspended_domain_is_alive(make_guest: GuestFactory, hv: Hypervisor,
     """While ``xl save -c`` holds it suspended (shut down, reason suspend) a domain is not
     dying, is listed, keeps its limit and takes a new one; xenstored fires @releaseDomain;
     afterwards it runs again."""
-    from xen.lowlevel import xc
+    xc = import_xc()  # Xen's bindings, found as xsproto finds them (no .pth)
 
     domid = make_guest()
     base = hv.domain(domid).max_pages

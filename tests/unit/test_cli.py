@@ -48,6 +48,13 @@ def test_bad_input_on_standard_input_is_a_clear_error() -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_closed_standard_input_is_a_clear_error() -> None:
+    """``inspect-image - <&-`` ended in an AttributeError traceback (sys.stdin is None)."""
+    done = subprocess.run(["bash", "-c", 'exec 0<&-; exec "$@"', "-", *XSPROTO,
+                           "inspect-image", "-"], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (1, "xsproto: standard input is closed\n")
+
+
 def test_version() -> None:
     done = subprocess.run([*XSPROTO, "--version"], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == f"xsproto {__version__}"

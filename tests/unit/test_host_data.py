@@ -22,7 +22,8 @@ from xsproto.cli import build_parser
 from xsproto.policy import DomainOverride, Policy
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGE_DATA = sorted(p.name for p in (REPO / "xsproto" / "data").iterdir())
+DATA = REPO / "xsproto" / "data"
+PACKAGE_DATA = sorted(str(p.relative_to(DATA)) for p in DATA.rglob("*") if p.is_file())
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -134,6 +135,8 @@ def test_the_wheel_carries_the_package_its_typing_marker_and_the_host_files() ->
         files = {str(p.relative_to(out)) for p in Path(out).rglob("*") if p.is_file()}
     modules = {str(p.relative_to(REPO)) for p in (REPO / "xsproto").rglob("*.py")}
     assert files == modules | {"xsproto/py.typed"} | {f"xsproto/data/{n}" for n in PACKAGE_DATA}
+    assert {"xsproto/data/xsproto-watcher.service", "xsproto/data/schemas/status-output"
+            ".schema.json", "xsproto/data/schemas/image-record.schema.json"} <= files
 
 
 STUBS = {"xen": 'echo "stock xen $*" >&2', "xsproto": 'echo "xsproto $*" >&2; exit 3'}
@@ -171,6 +174,35 @@ def test_the_xendomains_block_sends_save_restore_migrate_to_xsproto(stub_bin: Pa
                                "xen migrate 3 host\nxen list -l\nxen domid g")
     assert out.splitlines() == ["3 xsproto restore /s/g", "xsproto migrate 3 host",
                                 "stock xen list -l", "stock xen domid g"]
+
+
+XENDOMAINS = Path("/etc/init.d/xendomains")
+LIST = '[{"domid": 0, "config": {"c_info": {"name": "Domain-0"}}}, ' \
+       '{"domid": 3, "config": {"c_info": {"name": "g1"}}}]'
+
+
+@pytest.mark.skipif(not XENDOMAINS.exists(), reason="xen-utils-common is not installed")
+def test_debians_own_xendomains_saves_and_restores_through_xsproto(stub_bin: Path,
+                                                                 tmp_path: Path) -> None:
+    """The functions of the real /etc/init.d/xendomains that save at shutdown and restore
+    at boot, run with the block sourced (the lab runs the whole script on real Xen)."""
+    script = XENDOMAINS.read_text()
+    functions = [re.search(rf"^{name}\(\)\n\{{\n.*?^\}}$", script, re.M | re.S)
+                 for name in ("timeout_coproc", "do_stop_save", "do_start_restore")]
+    assert all(functions), "xendomains changed: check the integration (docs/admin.md)"
+    (stub_bin / "xen").write_text(f"#!/bin/sh\necho '{LIST}'\n")  # xen-init-list: xen list -l
+    (stub_bin / "xsproto").write_text('#!/bin/sh\necho "xsproto $*" >> "$CALLS"\n'
+                                      '[ "$1" = save ] && echo image > "$3"\nexit 0\n')
+    saved = tmp_path / "save"
+    calls = tmp_path / "calls"
+    out = xendomains(stub_bin, "\n".join(
+        [". /lib/lsb/init-functions", *(f[0] for f in functions if f),
+         f"XENDOMAINS_SAVE={saved} XENDOMAINS_RESTORE=true XENDOMAINS_STOP_MAXWAIT=30",
+         f"export CALLS={calls}", "do_stop_save", "ls $XENDOMAINS_SAVE",
+         "declare -A domains; do_start_restore", "ls $XENDOMAINS_SAVE"]))
+    assert calls.read_text().splitlines() == [f"xsproto save 3 {saved}/g1",
+                                              f"xsproto restore {saved}/g1"], out
+    assert not (saved / "g1").exists()  # restored, so xendomains removed it
 
 
 def test_without_xsproto_the_block_falls_back_to_stock_xen(stub_bin: Path) -> None:

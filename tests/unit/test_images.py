@@ -21,7 +21,15 @@ import pytest
 from xsproto import carrying, cli
 from xsproto.adapters import xenstore_records, xl
 from xsproto.agents import inspect_image, migrate, restore, save
-from xsproto.errors import GrantRefused, HypervisorError, ImageError, ImageKept, ProtocolError
+from xsproto.errors import (
+    GrantRefused,
+    HypervisorError,
+    ImageError,
+    ImageKept,
+    ProtocolError,
+    ReplacementRefused,
+    XsprotoError,
+)
 from xsproto.exitcodes import Exit
 from xsproto.grant import Grant
 from xsproto.negotiation import DomainInfo
@@ -379,8 +387,10 @@ def test_restore_and_receive_take_the_policy_and_the_override(
     cli.main(["restore", "img"])
     cli.main(["migrate-receive", "-e", "--policy", "p.json"])
     assert seen == [
-        ((Path("img"), ["-p"]), {"xenstore": None, "policy": "p.toml", "over_policy": True}),
-        ((Path("img"), []), {"xenstore": None, "policy": None, "over_policy": False}),
+        ((Path("img"), ["-p"]), {"config": None, "xenstore": None, "policy": "p.toml",
+                                 "over_policy": True}),
+        ((Path("img"), []), {"config": None, "xenstore": None, "policy": None,
+                             "over_policy": False}),
         ((["-e"],), {"xenstore": None, "policy": "p.json", "over_policy": False})]
 
 
@@ -439,25 +449,83 @@ def test_grant_refused_while_applying_or_when_xen_disagrees() -> None:
 
 # Command lines.
 
-def test_split_options_moves_flags_before_the_domain() -> None:
-    assert xl.split_options(["-c", "cfg", "-p"], verb="save", positional=1) == (["-c", "-p"],
-                                                                                ["cfg"])
-    with pytest.raises(xl.UsageError, match="'cfg'"):
-        xl.split_options(["cfg"], verb="restore")
+def _runs(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, argv: list[str]) -> Any:
+    """The arguments ``xsproto ARGV`` calls ``module.name`` with."""
+    seen: list[Any] = []
+
+    def run(*a: Any, **kw: Any) -> int:
+        seen.append((a, kw))
+        return 0
+
+    monkeypatch.setattr(module, name, run)
+    assert cli.main(argv) == 0
+    [call] = seen
+    return call
+
+
+@pytest.mark.parametrize(("argv", "flags", "config"), [
+    (["save", "-c", "-p", "-D", "g", "img", "g.cfg"], ["-c", "-p", "-D"], "g.cfg"),
+    (["save", "-p", "g", "img"], ["-p"], None),
+    (["save", "g", "img", "g.cfg", "-c"], ["-c"], "g.cfg"),  # the order xsproto took before
+], ids=["all", "paused", "flags-last"])
+def test_save_takes_xl_saves_options_in_its_order(
+        monkeypatch: pytest.MonkeyPatch, argv: list[str], flags: list[str],
+        config: str | None) -> None:
+    """``xsproto save -c DOM FILE`` was a usage error: flags were only taken after FILE."""
+    args, kw = _runs(monkeypatch, save, "run", argv)
+    assert args == ("g", Path("img"), flags)
+    assert kw == {"config": config, "xenstore": None}
+
+
+@pytest.mark.parametrize(("argv", "flags", "config"), [
+    (["restore", "-p", "-e", "-d", "-V", "g.cfg", "img"], ["-p", "-e", "-d", "-V"], "g.cfg"),
+    (["restore", "-e", "img"], ["-e"], None),
+    (["restore", "g.cfg", "img", "-p"], ["-p"], "g.cfg"),
+], ids=["all", "no-config", "flags-last"])
+def test_restore_takes_xl_restores_options_in_its_order(
+        monkeypatch: pytest.MonkeyPatch, argv: list[str], flags: list[str],
+        config: str | None) -> None:
+    """``xsproto restore -p FILE`` and ``restore CONFIG FILE`` were usage errors."""
+    args, kw = _runs(monkeypatch, restore, "run_restore", argv)
+    assert args == (Path("img"), flags)
+    assert kw["config"] == config
+
+
+def test_migrate_takes_xl_migrates_options_in_its_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-D`` was refused; each option reaches xl migrate in xl's order."""
+    args, _ = _runs(monkeypatch, migrate, "run_migrate", [
+        "migrate", "-s", "ssh -p 22", "-e", "-C", "g.cfg", "--debug", "-p", "-D", "g", "h"])
+    domain, host, ssh, options = args
+    assert (domain, host, ssh) == ("g", "h", "ssh -p 22")
+    assert options.xl_argv() == ["-e", "-C", "g.cfg", "--debug", "-p", "-D"]
+    assert migrate.XlMigrateOptions().xl_argv() == []
+
+
+@pytest.mark.parametrize("argv", [["save", "-e", "g", "img"], ["restore", "-D", "img"],
+                                  ["restore", "a", "b", "c"], ["save", "g"],
+                                  ["migrate", "-d", "g", "h"]],
+                         ids=" ".join)
+def test_what_xl_would_not_take_is_a_usage_error(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        argv: list[str]) -> None:
+    for module, name in ((save, "run"), (restore, "run_restore"), (migrate, "run_migrate")):
+        monkeypatch.setattr(module, name, lambda *a, **kw: pytest.fail("ran"))
+    with pytest.raises(SystemExit) as end:
+        cli.main(argv)
+    assert end.value.code == Exit.USAGE
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_receiver_command_mirrors_xl() -> None:
+    """xl_migrate.c builds ``xl migrate-receive`` with -e, -d, -p in that order."""
     plain = migrate.XlMigrateOptions()
     assert plain.receiver_command("", "xsproto migrate-receive") == "xsproto migrate-receive"
-    assert (migrate.XlMigrateOptions(paused=True, debug=True).receiver_command(
-        "ssh -p 2222", "host b") == "exec ssh -p 2222 'host b' xsproto migrate-receive -p -d")
+    assert (migrate.XlMigrateOptions(paused=True, debug=True, no_daemon=True).receiver_command(
+        "ssh -p 2222", "host b") == "exec ssh -p 2222 'host b' xsproto migrate-receive -e -d -p")
     assert plain.receiver_command("ssh", "h") == "exec ssh h xsproto migrate-receive"
 
 
-def test_xl_migrate_options_and_the_transport_carrying_the_grant() -> None:
-    assert migrate.XlMigrateOptions(no_daemon=True).xl_argv() == ["-e"]
-    assert migrate.XlMigrateOptions(config="c.cfg", debug=True).xl_argv() == [
-        "-C", "c.cfg", "--debug"]
+def test_the_transport_carrying_the_grant() -> None:
     transport = migrate.transport_command("exec ssh h xsproto migrate-receive", GRANT, 3)
     assert "-m xsproto migrate-send --source-domid 3 --grant 33024+2048" in transport
     assert transport.endswith("'exec ssh h xsproto migrate-receive'")
@@ -663,3 +731,127 @@ def test_save_keeps_guest_memory_private_until_the_image_is_whole(
     assert modes == [0o600]
     assert stat.S_IMODE((tmp_path / "img").stat().st_mode) == 0o640  # xl's 0644 & ~umask
     assert (tmp_path / "img").read_bytes() == _saved_image(image)
+
+
+# Replacement configs (xl's restore CONFIG FILE, save DOM FILE CONFIG, migrate -C CONFIG):
+# checked against the image's record before xl starts; nothing changes when refused.
+
+OTHER_NAME = "name = 'clone'\nmemory = 128\n"
+LESS_MEMORY = "name = 'guest'\nmemory = 64\n"
+
+
+@pytest.fixture
+def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither xl nor the hypervisor may be touched."""
+    for name in ("start", "run"):
+        monkeypatch.setattr(xl, name, lambda *a, **kw: pytest.fail("xl started"))
+    monkeypatch.setattr(restore, "Hypervisor", lambda: pytest.fail("Xen touched"))
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    (OTHER_NAME, "name = 'clone' is not 'guest', the domain whose 2048 granted pages the "
+                 "image carries"),
+    (LESS_MEMORY, "memory = 64 gives 65536 kB, less than the 131072 kB of the image's own "
+                  "config (target_memkb)"),
+    ("name = 'guest'\nmemory = 128 128\n", ""),
+], ids=["other-name", "less-memory", "syntax-error"])
+def test_restore_refuses_a_replacement_that_does_not_fit_before_xl_starts(
+        nothing_starts: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
+        error: str) -> None:
+    image, config = tmp_path / "img", tmp_path / "g.cfg"
+    image.write_bytes(_carrying(2048))
+    config.write_text(text)
+    assert cli.main(["restore", "-p", str(config), str(image)]) == Exit.ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(f"xsproto: {config}") and error in err
+    assert len(err.splitlines()) == 1
+
+
+def _restored_with(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def restore_with(src: Any, receiver: restore.Receiver, admission: Any,
+                     **kw: Any) -> restore.Restored:
+        seen.update(args=receiver.args, name=kw["name"])
+        return restore.Restored(None, 0, None)
+
+    monkeypatch.setattr(restore, "restore_with", restore_with)
+    return seen
+
+
+@pytest.mark.parametrize(("image", "text", "name"), [
+    (_carrying(2048), "name = 'guest'\nmemory = 256\nuuid = '" + synthetic.DEFAULT_UUID
+     + "'\n", "guest"),
+    (synthetic.build_image(), OTHER_NAME, "clone"),  # nothing carried: xl's own business
+], ids=["fits-the-grant", "stock-image"])
+def test_restore_hands_a_fitting_replacement_to_xl(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, image: bytes, text: str,
+        name: str) -> None:
+    path, config = tmp_path / "img", tmp_path / "g.cfg"
+    path.write_bytes(image)
+    config.write_text(text)
+    seen = _restored_with(monkeypatch)
+    assert cli.main(["restore", "-e", str(config), str(path)]) == Exit.OK
+    assert seen == {"args": ["-e", str(config), restore.STDIN_PATH], "name": name}
+
+
+def test_a_failed_restore_cleans_up_by_the_replacements_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """xl names the new domain after the replacement: a stock image's own name is not it."""
+    restoring, _ = _restoring("restore", False)
+    restoring.names.add("clone")
+    monkeypatch.setattr(restoring, "new_domains", lambda names: [9] if "clone" in names else [])
+    destroyed: list[int] = []
+    monkeypatch.setattr(xl, "destroy", destroyed.append)
+    restoring.clean_up()
+    assert destroyed == [9]
+
+
+@pytest.fixture
+def running_guest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Domain 3's libxl config, as ``xl list -l`` gives it: guest, 128 MiB."""
+    monkeypatch.setattr(xl, "domain_config", lambda domid: synthetic.domain_config())
+
+
+@pytest.mark.parametrize("verb", ["save", "migrate"])
+@pytest.mark.parametrize("text", [OTHER_NAME, LESS_MEMORY], ids=["other-name", "less-memory"])
+def test_save_and_migrate_refuse_a_replacement_that_does_not_fit_before_xl_starts(
+        hooks: list[str], running_guest: None, nothing_starts: None, tmp_path: Path,
+        text: str, verb: str) -> None:
+    """Checked against the record the running domain's own config would carry."""
+    config = tmp_path / "g.cfg"
+    config.write_text(text)
+    with pytest.raises(ReplacementRefused, match=str(config)):
+        if verb == "save":
+            save.run("guest", tmp_path / "img", ["-c"], config=str(config), xenstore=None)
+        else:
+            migrate.run_migrate("guest", "h", "ssh", migrate.XlMigrateOptions(config=str(config)),
+                                xenstore=None)
+    assert hooks == [f"freeze 3 pid {os.getpid()} {verb}", "read 3", "thaw 3"]
+    assert list(tmp_path.iterdir()) == [config]
+
+
+def test_save_passes_a_fitting_replacement_to_xl(
+        hooks: list[str], running_guest: None, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    config = tmp_path / "g.cfg"
+    config.write_text("name = 'guest'\nmemory = 128\n")
+    fake = FakeXlSave(hooks, synthetic.build_image())
+    argv: list[str] = []
+
+    def start(verb: str, args: list[str], **kw: Any) -> FakeXlSave:
+        argv.extend(args)
+        return fake.start(verb, args, **kw)
+
+    monkeypatch.setattr(xl, "start", start)
+    assert save.run("guest", tmp_path / "img", ["-c"], config=str(config), xenstore=None) == 0
+    assert argv[0] == "-c" and argv[1] == "3" and argv[3] == str(config)
+
+
+def test_an_unreadable_replacement_is_refused_before_anything(
+        hooks: list[str], tmp_path: Path) -> None:
+    with pytest.raises(XsprotoError, match=r"no-such\.cfg: cannot read the domain config"):
+        migrate.run_migrate("guest", "h", "ssh",
+                            migrate.XlMigrateOptions(config=str(tmp_path / "no-such.cfg")),
+                            xenstore=None)
+    assert hooks == []

@@ -8,12 +8,14 @@ import shutil
 import sys
 from pathlib import Path
 
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 
+from xsproto import schemas
 from xsproto.agents import install_host
-from xsproto.agents.install_host import Action
 from xsproto.cli import main
 from xsproto.errors import InstallError
+from xsproto.outputs import FileAction
 from xsproto.policy import Policy
 
 STOCK_DEFAULTS = b"XENDOMAINS_SAVE=/var/lib/xen/save\nXENDOMAINS_RESTORE=true\n"
@@ -31,19 +33,19 @@ def root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def apply(root: Path, *, uninstall: bool = False) -> dict[str, Action]:
+def apply(root: Path, *, uninstall: bool = False) -> dict[str, FileAction]:
     return {str(c.path.relative_to(root)): c.action
             for c in install_host.apply(root, COMMAND, uninstall=uninstall)}
 
 
 def test_install_writes_every_file_once_and_then_changes_nothing(root: Path) -> None:
     first = apply(root)
-    assert set(first.values()) == {Action.INSTALLED}
+    assert set(first.values()) == {FileAction.INSTALLED}
     assert list(first) == [
         UNIT, "etc/systemd/system/multi-user.target.wants/xsproto-watcher.service", POLICY,
         DEFAULTS, "usr/local/share/bash-completion/completions/xsproto",
         "usr/local/share/man/man8/xsproto.8", "usr/local/share/man/man5/xsproto-policy.5"]
-    assert set(apply(root).values()) == {Action.UNCHANGED}
+    assert set(apply(root).values()) == {FileAction.UNCHANGED}
     unit = (root / UNIT).read_text()
     assert f"ExecStart={COMMAND} watcher --policy /etc/xen/xsproto.toml\n" in unit
     link = root / "etc/systemd/system/multi-user.target.wants/xsproto-watcher.service"
@@ -61,27 +63,27 @@ def test_a_changed_own_file_is_put_back_but_the_admins_policy_is_kept(root: Path
     (root / UNIT).write_text("edited\n")
     (root / POLICY).write_text("domain_cap_pages = 1\n")
     changed = apply(root)
-    assert (changed[UNIT], changed[POLICY]) == (Action.INSTALLED, Action.KEPT)
+    assert (changed[UNIT], changed[POLICY]) == (FileAction.INSTALLED, FileAction.KEPT)
     assert (root / POLICY).read_text() == "domain_cap_pages = 1\n"
     removed = apply(root, uninstall=True)
-    assert removed[POLICY] is Action.KEPT and (root / POLICY).exists()
-    assert removed[UNIT] is Action.REMOVED
+    assert removed[POLICY] is FileAction.KEPT and (root / POLICY).exists()
+    assert removed[UNIT] is FileAction.REMOVED
 
 
 def test_uninstall_removes_exactly_what_was_installed(root: Path) -> None:
     before = sorted(p for p in root.rglob("*") if not p.is_dir())
     apply(root)
-    assert set(apply(root, uninstall=True).values()) == {Action.REMOVED}
+    assert set(apply(root, uninstall=True).values()) == {FileAction.REMOVED}
     assert sorted(p for p in root.rglob("*") if not p.is_dir()) == before
     assert (root / DEFAULTS).read_bytes() == STOCK_DEFAULTS
-    assert set(apply(root, uninstall=True).values()) == {Action.ABSENT}
+    assert set(apply(root, uninstall=True).values()) == {FileAction.ABSENT}
 
 
 def test_the_block_is_replaced_in_place_of_an_older_one_and_the_file_mode_kept(
         root: Path) -> None:
     (root / DEFAULTS).write_bytes(b"A=1\n# BEGIN xsproto\nold\n# END xsproto\nB=2")
     (root / DEFAULTS).chmod(0o640)
-    assert apply(root)[DEFAULTS] is Action.INSTALLED
+    assert apply(root)[DEFAULTS] is FileAction.INSTALLED
     text = (root / DEFAULTS).read_bytes()
     assert text.startswith(b"A=1\nB=2\n# BEGIN xsproto\n") and b"\nold\n" not in text
     assert text.count(b"# BEGIN xsproto") == 1
@@ -98,9 +100,9 @@ def test_unbalanced_markers_are_an_error_naming_the_file(root: Path, text: bytes
 
 
 def test_without_xendomains_the_block_is_skipped(tmp_path: Path) -> None:
-    assert apply(tmp_path)[DEFAULTS] is Action.SKIPPED
+    assert apply(tmp_path)[DEFAULTS] is FileAction.SKIPPED
     assert not (tmp_path / DEFAULTS).exists()
-    assert apply(tmp_path, uninstall=True)[DEFAULTS] is Action.ABSENT
+    assert apply(tmp_path, uninstall=True)[DEFAULTS] is FileAction.ABSENT
 
 
 def test_command_line_prints_one_line_per_file(root: Path, capsys: pytest.CaptureFixture[str],
@@ -122,12 +124,15 @@ def test_json_is_versioned_and_names_a_failing_path(root: Path,
     monkeypatch.setattr(install_host, "installed_command", lambda argv0, executable: COMMAND)
     assert main(["install-host", "--root", str(root), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
+    schema = json.loads((schemas.SCHEMA_DIR / "install-output.schema.json").read_text())
+    jsonschema.validate(out, schema)
     assert (out["format"], out["uninstall"], out["error"]) == (1, False, None)
     assert out["changes"][0] == {"path": str(root / UNIT), "action": "installed"}
     shutil.rmtree(root / "usr")
     (root / "usr").write_text("a file where a directory must be")
     assert main(["install-host", "--root", str(root), "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
+    jsonschema.validate(out, schema)
     failing = root / "usr/local/share/bash-completion/completions/xsproto"
     assert out["error"]["path"] == str(failing)
     assert [c["action"] for c in out["changes"]] == ["unchanged"] * 4

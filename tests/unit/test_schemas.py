@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from xsproto import fields, schemas
 from xsproto.carrying import restored
 from xsproto.grant import Grant
-from xsproto.policy import DomainOverride, Policy, RateLimit
+from xsproto.policy import DomainOverride, OnDrift, Policy, RateLimit
 from xsproto.records import DecisionRecord, DecisionState, Request
 from xsproto.stream.image_record import ImageRecord
 
@@ -192,3 +193,27 @@ def test_an_output_with_a_string_for_a_number_fails_its_schema() -> None:
     with pytest.raises(jsonschema.ValidationError):
         validator("request-output").validate({"format": 1, "domid": "5",
                                               "outcome": "granted"})
+
+
+def test_reconcile_json_names_what_it_settled_and_matches_its_schema(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """reconcile's document promised a schema that did not exist."""
+    from xsproto.adapters import xenstore_records
+    from xsproto.agents import reconcile
+
+    class Watcher:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def settle_drift(self, domid: int, how: OnDrift) -> str | None:
+            return how.value if domid == 3 else None
+
+    monkeypatch.setattr(reconcile, "Xenstore", lambda path: contextlib.nullcontext())
+    monkeypatch.setattr(reconcile, "Hypervisor", lambda: None)
+    monkeypatch.setattr(reconcile, "Watcher", Watcher)
+    monkeypatch.setattr(xenstore_records, "domids_under", lambda xs, path: [3, 4])
+    assert reconcile.run(None, "adopt", policy_file=None, as_json=True, xenstore=None) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document == {"format": 1, "action": "adopt",
+                        "settled": [{"domid": 3, "action": "adopt"}]}
+    validator("reconcile-output").validate(document)

@@ -6,13 +6,12 @@ import contextlib
 import json
 import struct
 import zlib
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xsproto import fields
+from xsproto import fields, schemas
 from xsproto.errors import ImageError
 from xsproto.grant import Grant
 from xsproto.stream import synthetic
@@ -203,9 +202,7 @@ def test_record_for_a_different_domain_is_refused(config: dict[str, object]) -> 
 
 def test_payload_validates_against_the_published_schema() -> None:
     jsonschema = pytest.importorskip("jsonschema")
-    path = Path(__file__).resolve().parents[2] / "schemas" / "image-record.schema.json"
-    if not path.is_file():
-        pytest.skip("schemas/image-record.schema.json not generated yet")
+    path = schemas.SCHEMA_DIR / "image-record.schema.json"
     schema = json.loads(path.read_text(encoding="utf-8"))
     raw = encode_record(RECORD)
     jsonschema.validate(json.loads(raw[16:-4]), schema)

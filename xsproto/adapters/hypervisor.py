@@ -6,20 +6,59 @@ Xen keeps the limit; this module only reads it and sets it, in pages (x86: 4 KiB
 from __future__ import annotations
 
 import errno
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from xsproto.errors import HypervisorError
 from xsproto.negotiation import DomainInfo
 
 PAGE_KB = 4
+SYSFS = Path("/sys/hypervisor")
+DEBIAN_BINDINGS = "/usr/lib/xen-{version}/lib/python"
+"""Where Debian's xen-utils-X.Y keeps Xen's Python bindings: a directory of Xen's own,
+one per version, on no Python's default path."""
+
+
+def debian_bindings(sysfs: Path = SYSFS) -> str | None:
+    """The bindings directory of the running Xen's version, found the way Debian's
+    ``xl`` finds its tools (/usr/lib/xen-common/bin/xen-utils-wrapper reads Xen's
+    version in sysfs): bindings of another version do not speak this hypervisor's
+    interface. None when no Xen runs."""
+    try:
+        version = ".".join((sysfs / "version" / part).read_text().strip()
+                           for part in ("major", "minor"))
+    except OSError:
+        return None
+    return DEBIAN_BINDINGS.format(version=version)
+
+
+def import_xc(sysfs: Path = SYSFS) -> ModuleType:
+    """``xen.lowlevel.xc``: from Python's path when a package put it there (as other
+    distributions do), else from Debian's directory for the running Xen, added to the
+    path here, so that no hand-made ``.pth`` file is needed."""
+    try:
+        from xen.lowlevel import xc
+    except ImportError:
+        where = debian_bindings(sysfs)
+        if where is None:
+            raise HypervisorError(f"xen.lowlevel.xc is not importable and {sysfs} shows no "
+                                  "running Xen: run this in dom0 of a Xen host") from None
+        if where not in sys.path:
+            sys.path.append(where)  # after everything else: never shadows a package
+        try:
+            from xen.lowlevel import xc
+        except ImportError as e:
+            raise HypervisorError(f"xen.lowlevel.xc is not importable, not even from "
+                                  f"{where}: install the xen-utils package of the running "
+                                  "Xen") from e
+    module: ModuleType = xc
+    return module
 
 
 def _xc() -> Any:
-    try:
-        from xen.lowlevel import xc
-    except ImportError as e:
-        raise HypervisorError("xen.lowlevel.xc is not importable: install xen-utils-4.17 and "
-                              "put /usr/lib/xen-4.17/lib/python on the path") from e
+    xc = import_xc()
     try:
         return xc.xc()
     except xc.Error as e:

@@ -7,8 +7,10 @@ EPIPE and reports the failure (and resumes the domain) instead of dying mid-save
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Sequence
+from typing import Any
 
 from xsproto.errors import XsprotoError
 
@@ -27,25 +29,6 @@ class XlFailed(XsprotoError):
         super().__init__(f"xl {verb} failed with exit status {status} (see its messages above)")
 
 
-class UsageError(XsprotoError):
-    """Options that xsproto cannot pass on to xl."""
-
-
-def split_options(extra: Sequence[str], *, verb: str,
-                  positional: int = 0) -> tuple[list[str], list[str]]:
-    """Split trailing xl options into (flags, positional arguments).
-
-    xl parses its options before the domain argument, so flags must move in front of it;
-    ``positional`` is how many non-flag arguments ``xl VERB`` accepts after its own.
-    """
-    flags = [a for a in extra if a.startswith("-")]
-    rest = [a for a in extra if not a.startswith("-")]
-    if len(rest) > positional:
-        raise UsageError(f"xl {verb}: unexpected argument {rest[positional]!r} (xl options "
-                         f"are passed through; at most {positional} extra argument(s))")
-    return flags, rest
-
-
 def domid_of(domain: str) -> int:
     """A domain id from an id or a name, as xl resolves it."""
     if domain.isdigit():
@@ -54,6 +37,19 @@ def domid_of(domain: str) -> int:
     if out.returncode != 0:
         raise XsprotoError(f"no domain named {domain!r}: {out.stderr.strip()}")
     return int(out.stdout.strip())
+
+
+def domain_config(domid: int) -> dict[str, Any]:
+    """The libxl config of a running domain as xl itself would save it (``xl list -l``)."""
+    out = subprocess.run([XL, "list", "-l", str(domid)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise XsprotoError(f"domain {domid}: xl list -l failed: {out.stderr.strip()}")
+    try:
+        [entry] = json.loads(out.stdout)
+        config: dict[str, Any] = entry["config"]
+    except (ValueError, TypeError, KeyError) as e:
+        raise XsprotoError(f"domain {domid}: unexpected xl list -l output: {e}") from e
+    return config
 
 
 def start(verb: str, args: Sequence[str], *, feed: bool = False,

@@ -7,16 +7,20 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
-from xsproto import carrying, logs, paths
-from xsproto.adapters import xenstore_records
+from xsproto import carrying, logs, paths, xl_config
+from xsproto.adapters import xenstore_records, xl
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.carrying import Refusal
-from xsproto.errors import ProtocolError
+from xsproto.errors import ProtocolError, XsprotoError
 from xsproto.grant import Grant
 from xsproto.policy import Policy
 from xsproto.records import DecisionRecord
+from xsproto.stream.image_record import record_for_config
+from xsproto.stream.walk import ConfigSummary
+from xsproto.xl_config import DomainSettings
 
 log = logging.getLogger("xsproto.image_grants")
 
@@ -44,6 +48,27 @@ def frozen_grant(xs: Xenstore, hv: Hypervisor, domid: int, verb: str) -> Iterato
     finally:
         xenstore_records.thaw(xs, domid)
         logs.event(log, "thawed", domid=domid, path=where)
+
+
+def read_replacement(path: str) -> DomainSettings:
+    """A replacement config file, read as xl will read it (refused where xl would be)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8", errors="surrogateescape")
+    except OSError as e:
+        raise XsprotoError(f"{path}: cannot read the domain config: {e.strerror or e}") from e
+    return xl_config.domain_settings(xl_config.parse(text, source=path), source=path)
+
+
+def check_outgoing_replacement(domid: int, grant: Grant | None,
+                               replacement: DomainSettings | None) -> None:
+    """``save DOM FILE CONFIG``, ``migrate -C CONFIG``: the replacement xl will send in
+    place of the running domain's config, checked against the record the image would
+    carry with that config, before xl starts."""
+    if grant is None or replacement is None:
+        return
+    config = xl.domain_config(domid)
+    record = record_for_config(config, source_domid=domid, grant=grant)
+    carrying.check_replacement(record, ConfigSummary.from_config(config), replacement)
 
 
 def apply_grant(xs: Xenstore, hv: Hypervisor, domid: int, grant: Grant) -> DecisionRecord:

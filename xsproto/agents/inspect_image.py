@@ -6,11 +6,13 @@ headers are kept, so a multi-gigabyte image is inspected in constant memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from typing import Any
+from typing import Any, BinaryIO
 
 from xsproto import fields, outputs
+from xsproto.adapters import terminal
 from xsproto.errors import XsprotoError, image_errors_from
 from xsproto.exitcodes import Exit
 from xsproto.stream import ImageSummary, summarize
@@ -18,15 +20,23 @@ from xsproto.stream.xl_header import MANDATORY_FLAG_JSON, MANDATORY_FLAG_STREAMV
 from xsproto.values import escaped
 
 
-def run(file: str, *, as_json: bool) -> int:
-    """``xsproto inspect-image FILE`` (``-``: standard input, e.g. an image piped in)."""
+def run(file: str, *, as_json: bool, quiet: bool = False) -> int:
+    """``xsproto inspect-image FILE`` (``-``: standard input, e.g. an image piped in); a
+    terminal shows the walk's progress meanwhile (not with ``--json`` or ``-q``)."""
     try:
-        if file == "-":
-            with image_errors_from("standard input"):
-                summary = summarize(sys.stdin.buffer)
-        else:
-            with open(file, "rb") as src, image_errors_from(file):
-                summary = summarize(src)
+        with contextlib.ExitStack() as stack:
+            if file == "-":
+                if sys.stdin is None:  # started with file descriptor 0 closed
+                    raise XsprotoError("standard input is closed")
+                src: BinaryIO = sys.stdin.buffer
+                stack.enter_context(image_errors_from("standard input"))
+            else:
+                src = stack.enter_context(open(file, "rb"))
+                stack.enter_context(image_errors_from(file))
+            progress = stack.enter_context(terminal.progress(
+                "inspect", terminal.file_size(src.fileno()), log=None,
+                shown=not (as_json or quiet)))
+            summary = summarize(src, progress=progress)
     except OSError as e:
         raise XsprotoError(f"{file}: cannot read: {e.strerror or e}") from e
     print(json.dumps(to_json(summary), indent=2) if as_json else render(summary))
@@ -39,7 +49,7 @@ def _flags(mandatory: int) -> list[str]:
 
 
 def to_json(s: ImageSummary) -> dict[str, Any]:
-    """The summary as the ``--json`` document (schemas/inspect-output.schema.json)."""
+    """The summary as the ``--json`` document (xsproto/data/schemas/inspect-output.schema.json)."""
     h, c = s.header, s.config
     document: dict[str, Any] = fields.dump(outputs.ImageOutput(
         xl_header=outputs.XlHeaderSummary(

@@ -18,15 +18,14 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import Enum
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
+from xsproto import fields
 from xsproto.errors import InstallError
 from xsproto.exitcodes import Exit
+from xsproto.outputs import FileAction, FileChange, InstallFailure, InstallOutput
 
-FORMAT = 1
-"""Version of the ``--json`` object."""
 PLACEHOLDER = "@XSPROTO@"
 """Where the data files name the installed ``xsproto`` command."""
 SAFE_COMMAND = re.compile(r"^/[A-Za-z0-9._+/-]+$")
@@ -42,26 +41,15 @@ NEXT_STEP = {False: f"systemctl daemon-reload && systemctl restart {UNIT_NAME}",
              True: f"systemctl stop {UNIT_NAME} && systemctl daemon-reload"}
 
 
-class Action(Enum):
-    """What happened to one file; the value is its name in ``--json``."""
-
-    INSTALLED = "installed"
-    UNCHANGED = "unchanged"
-    KEPT = "kept"
-    REMOVED = "removed"
-    ABSENT = "absent"
-    SKIPPED = "skipped"
-
-
 #: How a line of text output names an action, when it says more than the JSON name.
-LABELS = {Action.KEPT: "kept (admin's)", Action.ABSENT: "absent (nothing to remove)",
-          Action.SKIPPED: "skipped (xendomains is not installed)"}
+LABELS = {FileAction.KEPT: "kept (admin's)", FileAction.ABSENT: "absent (nothing to remove)",
+          FileAction.SKIPPED: "skipped (xendomains is not installed)"}
 
 
 @dataclass(frozen=True)
 class Change:
     path: Path
-    action: Action
+    action: FileAction
 
     def line(self) -> str:
         return f"{LABELS.get(self.action, self.action.value)} {self.path}"
@@ -146,17 +134,17 @@ class OwnFile:
     where: PurePosixPath
     content: bytes
 
-    def install(self, host: Host, path: Path, current: bytes | None) -> Action:
+    def install(self, host: Host, path: Path, current: bytes | None) -> FileAction:
         if current == self.content:
-            return Action.UNCHANGED
+            return FileAction.UNCHANGED
         host.write(path, self.content)
-        return Action.INSTALLED
+        return FileAction.INSTALLED
 
-    def uninstall(self, host: Host, path: Path, current: bytes | None) -> Action:
+    def uninstall(self, host: Host, path: Path, current: bytes | None) -> FileAction:
         if current is None:
-            return Action.ABSENT
+            return FileAction.ABSENT
         host.remove(path)
-        return Action.REMOVED
+        return FileAction.REMOVED
 
 
 @dataclass(frozen=True)
@@ -167,19 +155,19 @@ class AdminFile:
     where: PurePosixPath
     content: bytes
 
-    def install(self, host: Host, path: Path, current: bytes | None) -> Action:
+    def install(self, host: Host, path: Path, current: bytes | None) -> FileAction:
         if current is None:
             host.write(path, self.content)
-            return Action.INSTALLED
-        return Action.UNCHANGED if current == self.content else Action.KEPT
+            return FileAction.INSTALLED
+        return FileAction.UNCHANGED if current == self.content else FileAction.KEPT
 
-    def uninstall(self, host: Host, path: Path, current: bytes | None) -> Action:
+    def uninstall(self, host: Host, path: Path, current: bytes | None) -> FileAction:
         if current is None:
-            return Action.ABSENT
+            return FileAction.ABSENT
         if current != self.content:
-            return Action.KEPT
+            return FileAction.KEPT
         host.remove(path)
-        return Action.REMOVED
+        return FileAction.REMOVED
 
 
 def without_block(text: bytes, *, where: Path) -> bytes:
@@ -211,24 +199,24 @@ class Block:
     where: PurePosixPath
     block: bytes
 
-    def install(self, host: Host, path: Path, current: bytes | None) -> Action:
+    def install(self, host: Host, path: Path, current: bytes | None) -> FileAction:
         if current is None:
-            return Action.SKIPPED
+            return FileAction.SKIPPED
         rest = without_block(current, where=path)
         wanted = rest + (b"" if rest.endswith(b"\n") or not rest else b"\n") + self.block
         if wanted == current:
-            return Action.UNCHANGED
+            return FileAction.UNCHANGED
         host.write(path, wanted, _mode(path))
-        return Action.INSTALLED
+        return FileAction.INSTALLED
 
-    def uninstall(self, host: Host, path: Path, current: bytes | None) -> Action:
+    def uninstall(self, host: Host, path: Path, current: bytes | None) -> FileAction:
         if current is None:
-            return Action.ABSENT
+            return FileAction.ABSENT
         rest = without_block(current, where=path)
         if rest == current:
-            return Action.ABSENT
+            return FileAction.ABSENT
         host.write(path, rest, _mode(path))
-        return Action.REMOVED
+        return FileAction.REMOVED
 
 
 def _mode(path: Path) -> int:
@@ -246,22 +234,22 @@ class Link:
     where: PurePosixPath
     target: PurePosixPath
 
-    def install(self, host: Host, path: Path, current: bytes | None) -> Action:
+    def install(self, host: Host, path: Path, current: bytes | None) -> FileAction:
         if path.is_symlink() and os.readlink(path) == str(self.target):
-            return Action.UNCHANGED
+            return FileAction.UNCHANGED
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
             path.symlink_to(self.target)
         except OSError as e:
             raise InstallError(f"cannot link to {self.target}: {e.strerror}", path=path) from e
-        return Action.INSTALLED
+        return FileAction.INSTALLED
 
-    def uninstall(self, host: Host, path: Path, current: bytes | None) -> Action:
+    def uninstall(self, host: Host, path: Path, current: bytes | None) -> FileAction:
         if not path.is_symlink():
-            return Action.ABSENT
+            return FileAction.ABSENT
         host.remove(path)
-        return Action.REMOVED
+        return FileAction.REMOVED
 
 
 Item = OwnFile | AdminFile | Block | Link
@@ -305,17 +293,16 @@ def run(root: Path, *, uninstall: bool, as_json: bool) -> int:
     except InstallError as e:
         if not as_json:
             raise
-        failure: dict[str, str] | None = {"path": e.path, "message": str(e)}
+        failure: InstallFailure | None = InstallFailure(path=e.path, message=str(e))
     else:
         failure = None
         unit = Host(root).path(UNIT)
         if not as_json and root == Path("/") and any(
-                c.path == unit and c.action in (Action.INSTALLED, Action.REMOVED)
+                c.path == unit and c.action in (FileAction.INSTALLED, FileAction.REMOVED)
                 for c in changes):
             print(f"xsproto: the unit changed: run '{NEXT_STEP[uninstall]}'", file=sys.stderr)
     if as_json:
-        print(json.dumps({"format": FORMAT, "root": str(root), "uninstall": uninstall,
-                          "changes": [{"path": str(c.path), "action": c.action.value}
-                                      for c in changes],
-                          "error": failure}, indent=2))
+        print(json.dumps(fields.dump(InstallOutput(
+            root=str(root), uninstall=uninstall, error=failure, changes=tuple(
+                FileChange(path=str(c.path), action=c.action) for c in changes))), indent=2))
     return Exit.ERROR if failure else Exit.OK

@@ -16,13 +16,18 @@ import sys
 from dataclasses import dataclass
 
 from xsproto import logs
-from xsproto.adapters import xl
+from xsproto.adapters import terminal, xl
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.agents.image_grants import frozen_grant
+from xsproto.agents.image_grants import (
+    check_outgoing_replacement,
+    frozen_grant,
+    read_replacement,
+)
 from xsproto.errors import image_errors_from
 from xsproto.exitcodes import Exit
 from xsproto.grant import Grant
+from xsproto.progress import Progress, no_progress
 from xsproto.stream.reader import Readable
 from xsproto.stream.relay import add_grant
 
@@ -37,21 +42,25 @@ class XlMigrateOptions:
     no_daemon: bool = False
     paused: bool = False
     debug: bool = False
+    preserve_domid: bool = False
     policy: str | None = None
     """The receiving host's policy file, on that host."""
     over_policy: bool = False
 
     def xl_argv(self) -> list[str]:
-        options: list[str] = ["-C", self.config] if self.config else []
-        return options + [f for f, on in (("-e", self.no_daemon), ("-p", self.paused),
-                                           ("--debug", self.debug)) if on]
+        """xl migrate's own options, in its order (less -s: xsproto's transport)."""
+        options = [f for f, on in (("-e", self.no_daemon),) if on]
+        options += ["-C", self.config] if self.config else []
+        return options + [f for f, on in (("--debug", self.debug), ("-p", self.paused),
+                                           ("-D", self.preserve_domid)) if on]
 
     def receiver_command(self, ssh: str, host: str) -> str:
-        """The receiving end as a shell command, built the way xl builds its own."""
+        """The receiving end as a shell command, built the way xl builds its own
+        (xl_migrate.c: ``migrate-receive`` then -e, -d, -p)."""
         if not ssh:
             return host
-        flags = [f for f, on in (("-e", self.no_daemon), ("-p", self.paused),
-                                 ("-d", self.debug)) if on]
+        flags = [f for f, on in (("-e", self.no_daemon), ("-d", self.debug),
+                                 ("-p", self.paused)) if on]
         flags += ["--policy", self.policy] if self.policy else []
         flags += ["--over-policy"] if self.over_policy else []
         return (f"exec {ssh} {shlex.quote(host)} xsproto migrate-receive "
@@ -68,10 +77,13 @@ def transport_command(receiver: str, grant: Grant | None, domid: int) -> str:
 
 def run_migrate(domain: str, host: str, ssh: str, options: XlMigrateOptions, *,
                 xenstore: str | None) -> int:
-    """``xsproto migrate [-s SSHCMD] [xl options] DOMAIN HOST``."""
+    """``xsproto migrate [-s SSHCMD] [-e] [-C CONFIG] [--debug] [-p] [-D] DOMAIN HOST``: a
+    replacement CONFIG that does not fit the grant is refused before xl starts."""
+    replacement = read_replacement(options.config) if options.config is not None else None
     domid = xl.domid_of(domain)
     receiver = options.receiver_command(ssh, host)
     with Xenstore(xenstore) as xs, frozen_grant(xs, Hypervisor(), domid, "migrate") as grant:
+        check_outgoing_replacement(domid, grant, replacement)
         transport = transport_command(receiver, grant, domid)
         logs.event(log, "migrate", domid=domid, receiver=receiver,
                    granted_pages=grant.granted_pages if grant else 0)
@@ -81,12 +93,15 @@ def run_migrate(domain: str, host: str, ssh: str, options: XlMigrateOptions, *,
 
 def run_send(source_domid: int, grant: Grant | None, receiver: str) -> int:
     """``xsproto migrate-send``: xl's transport; exits with the receiver's status."""
-    with image_errors_from(f"migration stream of domain {source_domid}"):
-        return relay_to_receiver(sys.stdin.buffer, receiver, grant, source_domid=source_domid)
+    # stderr is xl migrate's, where xl prints its own progress: log only.
+    with image_errors_from(f"migration stream of domain {source_domid}"), \
+            terminal.progress("migrate", None, log=log, shown=False) as progress:
+        return relay_to_receiver(sys.stdin.buffer, receiver, grant, source_domid=source_domid,
+                                 progress=progress)
 
 
 def relay_to_receiver(src: Readable, receiver: str, grant: Grant | None, *,
-                      source_domid: int) -> int:
+                      source_domid: int, progress: Progress = no_progress) -> int:
     """Start ``receiver`` (its stdout is ours: back to xl) and relay ``src`` into it.
 
     Returns the receiver's exit status, which becomes this transport's.
@@ -94,7 +109,7 @@ def relay_to_receiver(src: Readable, receiver: str, grant: Grant | None, *,
     proc = xl.start_shell(receiver)
     assert proc.stdin is not None  # start_shell feeds it
     try:
-        add_grant(src, proc.stdin, grant, source_domid=source_domid)
+        add_grant(src, proc.stdin, grant, source_domid=source_domid, progress=progress)
         proc.stdin.close()
     except BrokenPipeError as e:  # the receiver stopped reading: its status says why
         raise xl.XlFailed("migrate-receive", proc.wait()) from e

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 
-from xsproto import paths
+from xsproto import fields, paths
 from xsproto.adapters import xenstore_records
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.agents.watcher import Watcher, load_policy
 from xsproto.exitcodes import Exit
+from xsproto.outputs import ReconcileOutput, Settled
 from xsproto.policy import OnDrift
-
-FORMAT = 1
-"""Version of the ``--json`` output (schemas/reconcile-output.schema.json)."""
 
 
 def run(domid: int | None, action: str | None, *, policy_file: str | None, as_json: bool,
@@ -28,9 +26,8 @@ def run(domid: int | None, action: str | None, *, policy_file: str | None, as_js
         done = {d: watcher.settle_drift(d, how) for d in domids}
     settled = {d: what for d, what in done.items() if what is not None}
     if as_json:
-        print(json.dumps({"format": FORMAT, "action": how.value,
-                          "settled": [{"domid": d, "action": what}
-                                      for d, what in settled.items()]}))
+        print(json.dumps(fields.dump(ReconcileOutput(action=how, settled=tuple(
+            Settled(domid=d, action=OnDrift(what)) for d, what in settled.items())))))
     else:
         for d, what in settled.items():
             print(f"domain {d}: {'reapplied the record' if what == 'reapply' else 'adopted'}"

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import stat
 import sys
 import time
 from collections.abc import Iterable
@@ -22,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xsproto import carrying, logs, paths
-from xsproto.adapters import xenstore_records, xl
+from xsproto.adapters import terminal, xenstore_records, xl
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.agents.image_grants import apply_grant, restore_refusals
+from xsproto.agents.image_grants import apply_grant, read_replacement, restore_refusals
 from xsproto.errors import (
     GrantRefused,
     HypervisorError,
@@ -36,9 +34,11 @@ from xsproto.errors import (
 from xsproto.exitcodes import Exit
 from xsproto.grant import Grant
 from xsproto.policy import Policy
+from xsproto.progress import Progress, no_progress
 from xsproto.stream.reader import Readable, write_all
 from xsproto.stream.relay import relay_body
-from xsproto.stream.walk import ImageHead, read_head
+from xsproto.stream.walk import ConfigSummary, ImageHead, read_head
+from xsproto.xl_config import DomainSettings
 
 log = logging.getLogger("xsproto.restore")
 
@@ -51,14 +51,13 @@ MIGRATION_STREAM = "migration stream"
 """How errors name the image migrate-receive reads."""
 
 
-def run_restore(file: Path, xl_options: list[str], *, xenstore: str | None,
-                policy: str | None = None, over_policy: bool = False) -> int:
-    """``xsproto restore [--policy FILE] [--over-policy] FILE [xl restore flags]``."""
-    try:
-        flags, _ = xl.split_options(xl_options, verb="restore")
-    except xl.UsageError as e:
-        print(f"xsproto restore: {e}", file=sys.stderr)
-        return Exit.USAGE
+def run_restore(file: Path, flags: list[str], *, config: str | None = None,
+                xenstore: str | None, policy: str | None = None,
+                over_policy: bool = False) -> int:
+    """``xsproto restore [-p] [-e] [-d] [-V] [--policy FILE] [--over-policy] [CONFIG] FILE``.
+
+    A replacement CONFIG is checked against the image's record before xl starts."""
+    replacement = read_replacement(config) if config is not None else None
     admission = Admission.of(policy, over_policy=over_policy)
     try:
         src = open(file, "rb")  # noqa: SIM115 (closed below, after the feed)
@@ -67,14 +66,30 @@ def run_restore(file: Path, xl_options: list[str], *, xenstore: str | None,
     try:
         with src, image_errors_from(file):
             head = read_head(src)  # a bad header fails here, before xl creates anything
-            result = restore_with(src, Receiver("restore", [*flags, STDIN_PATH], incoming=False),
-                                  admission, head=head, xenstore=xenstore,
-                                  total=_size(src.fileno()))
+            args = [*flags, STDIN_PATH]
+            if replacement is not None:
+                _check_replacement(head, replacement)
+                args = [*flags, replacement.source, STDIN_PATH]
+            size = terminal.file_size(src.fileno())
+            with terminal.progress("restore", size, log=log) as progress:
+                result = restore_with(src, Receiver("restore", args, incoming=False),
+                                      admission, head=head, xenstore=xenstore,
+                                      progress=progress,
+                                      name=None if replacement is None else replacement.name)
     except GrantRefused as e:
         return _refused(file, e)
     logs.event(log, "restored", path=str(file), domid=result.domid,
                granted_pages=result.granted_pages, max_pages=result.max_pages)
     return Exit.OK
+
+
+def _check_replacement(head: ImageHead, replacement: DomainSettings) -> None:
+    """A replacement config for an image that carries a grant must fit its record."""
+    if head.record is None or not head.record.granted_pages:
+        return
+    config = head.header.config_json()
+    carrying.check_replacement(head.record, None if config is None
+                               else ConfigSummary.from_config(config), replacement)
 
 
 def run_receive(flags: list[str], *, xenstore: str | None, policy: str | None = None,
@@ -84,10 +99,12 @@ def run_receive(flags: list[str], *, xenstore: str | None, policy: str | None = 
     admission = Admission.of(policy, over_policy=over_policy)
     # xl sends its banner first and the sender waits for it: start xl, then read.
     try:
-        with image_errors_from(MIGRATION_STREAM):
+        # stderr is the sender's terminal at best, shared with xl on both hosts: log only.
+        with image_errors_from(MIGRATION_STREAM), \
+                terminal.progress("migrate-receive", None, log=log, shown=False) as progress:
             result = restore_with(sys.stdin.buffer,
                                   Receiver("migrate-receive", flags, incoming=True),
-                                  admission, head=None, xenstore=xenstore)
+                                  admission, head=None, xenstore=xenstore, progress=progress)
     except GrantRefused as e:
         return _refused(MIGRATION_STREAM, e)
     logs.event(log, "received", domid=result.domid, granted_pages=result.granted_pages,
@@ -99,12 +116,6 @@ def _refused(image: object, e: GrantRefused) -> int:
     """Report a grant this host refused, naming the image; the status says rejected."""
     print(f"xsproto: {image}: {e}", file=sys.stderr)
     return Exit.REJECTED
-
-
-def _size(fd: int) -> int | None:
-    """The image's size for progress lines, if it is a regular file."""
-    st = os.fstat(fd)
-    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 @dataclass(frozen=True)
@@ -145,18 +156,22 @@ class Restored:
 
 def restore_with(src: Readable, receiver: Receiver, admission: Admission, *,
                  head: ImageHead | None, xenstore: str | None,
-                 total: int | None = None) -> Restored:
-    """Feed an image to ``xl VERB``; on any failure destroy what xl may have left."""
+                 progress: Progress = no_progress, name: str | None = None) -> Restored:
+    """Feed an image to ``xl VERB``; on any failure destroy what xl may have left.
+
+    ``name``: the new domain's, when a replacement config gives it instead of the image.
+    """
     hv = Hypervisor()
     with Xenstore(xenstore) as xs:
         before = set(hv.domids())
         proc = xl.start(receiver.verb, receiver.args, feed=True)
-        restoring = Restoring(proc, receiver, hv, xs, before, admission)
+        restoring = Restoring(proc, receiver, hv, xs, before, admission,
+                              names=set() if name is None else {name})
         assert proc.stdin is not None  # feed=True
         try:
             try:
                 restored = restoring.feed(src, read_head(src) if head is None else head,
-                                          total=total)
+                                          progress=progress)
                 proc.stdin.close()
             except BrokenPipeError as e:  # xl gave up reading: its status says why
                 raise xl.XlFailed(receiver.verb, proc.wait()) from e
@@ -185,7 +200,8 @@ class Restoring:
     names: set[str] = field(default_factory=set)
     """Names the new domain may have: what a failed restore leaves is found by them."""
 
-    def feed(self, src: Readable, head: ImageHead, *, total: int | None = None) -> Restored:
+    def feed(self, src: Readable, head: ImageHead, *,
+             progress: Progress = no_progress) -> Restored:
         """Pass the xl header, apply the carried grant once libxl set the new domain's
         limit, then let the libxl/libxc stream through."""
         assert self.proc.stdin is not None
@@ -203,8 +219,7 @@ class Restoring:
             self.admit(domid, config_name, grant)
             applied = apply_grant(self.xs, self.hv, domid, grant)
             restored = Restored(domid, record.granted_pages, applied.max_pages)
-        relay_body(src, self.proc.stdin, offset=len(head.raw), what=self.receiver.verb,
-                   total=total)
+        relay_body(src, self.proc.stdin, offset=len(head.raw), progress=progress)
         return restored
 
     def admit(self, domid: int, name: str, grant: Grant) -> None:

@@ -1,4 +1,4 @@
-"""``xsproto save DOMAIN FILE [xl save options]``: stock ``xl save`` plus the negotiated pages.
+"""``xsproto save [-c] [-p] [-D] DOMAIN FILE [CONFIG]``: ``xl save`` plus the negotiated pages.
 
 xl writes into a pipe, not a file, so the image exists on disk once: this filter adds
 the record to the xl header on the way and writes a temporary file next to FILE, renamed
@@ -12,17 +12,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from xsproto import logs
-from xsproto.adapters import xl
+from xsproto.adapters import terminal, xl
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.agents.image_grants import frozen_grant
+from xsproto.agents.image_grants import (
+    check_outgoing_replacement,
+    frozen_grant,
+    read_replacement,
+)
 from xsproto.errors import ImageKept, XsprotoError, image_errors_from
 from xsproto.exitcodes import Exit
 from xsproto.grant import Grant
@@ -34,17 +37,16 @@ IMAGE_MODE = 0o644
 """The mode ``xl save`` creates images with (before the umask)."""
 
 
-def run(domain: str, target: Path, xl_options: list[str], *, xenstore: str | None) -> int:
-    """``xsproto save DOMAIN FILE [xl save options]``."""
-    try:
-        flags, config = xl.split_options(xl_options, verb="save", positional=1)
-    except xl.UsageError as e:
-        print(f"xsproto save: {e}", file=sys.stderr)
-        return Exit.USAGE
+def run(domain: str, target: Path, flags: Sequence[str], *, config: str | None = None,
+        xenstore: str | None) -> int:
+    """``xsproto save [-c] [-p] [-D] DOMAIN FILE [CONFIG]``: xl save's flags and its
+    replacement config; a replacement that does not fit the grant is refused first."""
+    replacement = read_replacement(config) if config is not None else None
     domid = xl.domid_of(domain)
     with PendingImage(target) as image, Xenstore(xenstore) as xs, \
             frozen_grant(xs, Hypervisor(), domid, "save") as grant:
-        save(domid, image, grant, flags=flags, config=config)
+        check_outgoing_replacement(domid, grant, replacement)
+        save(domid, image, grant, flags=flags, config=[] if config is None else [config])
     return Exit.OK
 
 
@@ -120,8 +122,11 @@ def save(domid: int, image: PendingImage, grant: Grant | None, *,
         finally:
             os.close(write_fd)
         try:
-            with image_errors_from(f"xl save stream of domain {domid}"):
-                size = add_grant(src, image.file, grant, source_domid=domid)
+            # xl prints its own progress lines on this terminal meanwhile: log only.
+            with image_errors_from(f"xl save stream of domain {domid}"), \
+                    terminal.progress("save", None, log=log, shown=False) as progress:
+                size = add_grant(src, image.file, grant, source_domid=domid,
+                                 progress=progress)
         except BaseException as e:  # closing the pipe makes xl fail, unless it is done
             failure = e
     if status := proc.wait():

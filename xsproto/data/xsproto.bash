@@ -18,9 +18,9 @@ _xsproto() {
         request) opts='-h --help --domid --timeout --dm-domid --json --pages --reason'; takes='--domid --timeout --dm-domid --pages --reason' ;;
         withdraw) opts='-h --help --domid --timeout --dm-domid --json'; takes='--domid --timeout --dm-domid' ;;
         status) opts='-h --help --domid --follow --json'; takes=--domid ;;
-        save) opts='-h --help'; takes='' ;;
-        restore) opts='-h --help --policy --over-policy'; takes=--policy ;;
-        migrate) opts='-h --help -s --ssh -C -e -p --debug --policy --over-policy'; takes='-s --ssh -C --policy' ;;
+        save) opts='-h --help -c -p -D'; takes='' ;;
+        restore) opts='-h --help -p -e -d -V --policy --over-policy'; takes=--policy ;;
+        migrate) opts='-h --help -s --ssh -e -C --debug -p -D --policy --over-policy'; takes='-s --ssh -C --policy' ;;
         migrate-send) opts='-h --help --source-domid --grant'; takes='--source-domid --grant' ;;
         migrate-receive) opts='-h --help -e -p -d --policy --over-policy'; takes=--policy ;;
         inspect-image) opts='-h --help --json'; takes='' ;;

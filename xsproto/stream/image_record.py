@@ -71,7 +71,7 @@ class ImageRecord:
         return Grant(self.base_pages, self.granted_pages)
 
     def to_json(self) -> dict[str, object]:
-        """The record as a JSON object, the payload's form (schemas/image-record)."""
+        """The record as a JSON object, the payload's form (data/schemas/image-record)."""
         return fields.dump(self)
 
 

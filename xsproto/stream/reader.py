@@ -7,9 +7,11 @@ every error names the byte offset where the damaged item starts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from xsproto.errors import ImageError
+from xsproto.progress import Progress, no_progress
 
 CHUNK_SIZE = 1 << 20
 """Largest single read: page data is skipped in pieces of at most this many bytes."""
@@ -36,6 +38,46 @@ def write_all(dst: Writable, data: bytes | memoryview) -> None:
         written = dst.write(view)
         view = view[len(view) if written is None else written:]
     dst.flush()
+
+
+class Counted:
+    """A Readable that counts the bytes it returns and tells ``progress`` the count
+    (``start`` plus them), copying each piece to ``dst`` at once when there is one: the
+    relay's tee, and inspect-image's progress."""
+
+    def __init__(self, src: Readable, *, dst: Writable | None = None, start: int = 0,
+                 progress: Progress = no_progress) -> None:
+        self._src = src
+        self._readinto: Callable[[memoryview], int | None] | None = getattr(
+            src, "readinto", None)
+        self._dst = dst
+        self._progress = progress
+        self._start = start
+        self.count = 0
+
+    def _passed(self, data: bytes | memoryview) -> None:
+        if self._dst is not None:
+            write_all(self._dst, data)
+        self.count += len(data)
+        self._progress(self._start + self.count)
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._src.read(size)
+        if data:
+            self._passed(data)
+        return data
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        readinto = self._readinto
+        if readinto is None:
+            data = self._src.read(len(buffer))
+            got = len(data)
+            buffer[:got] = data
+        else:
+            got = readinto(buffer) or 0
+        if got:
+            self._passed(buffer[:got])
+        return got
 
 
 class StreamReader:

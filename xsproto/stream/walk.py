@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from xsproto.errors import ImageError
+from xsproto.progress import Progress, no_progress
 from xsproto.stream import libxl
 from xsproto.stream.framing import Record
 from xsproto.stream.image_record import (
@@ -24,7 +25,14 @@ from xsproto.stream.image_record import (
     foreign_optional_data,
 )
 from xsproto.stream.libxc import LibxcHeader
-from xsproto.stream.reader import CHUNK_SIZE, Readable, StreamReader, Writable, write_all
+from xsproto.stream.reader import (
+    CHUNK_SIZE,
+    Counted,
+    Readable,
+    StreamReader,
+    Writable,
+    write_all,
+)
 from xsproto.stream.xl_header import (
     MANDATORY_FLAG_STREAMV2,
     MANDATORY_FLAGS_OFFSET,
@@ -112,8 +120,11 @@ class ImageSummary:
         return sum(r.pfn_count or 0 for r in self.records)
 
 
-def summarize(src: Readable, *, chunk: int = CHUNK_SIZE) -> ImageSummary:
-    """Walk a whole image from a forward-only source, in bounded memory."""
+def summarize(src: Readable, *, chunk: int = CHUNK_SIZE,
+              progress: Progress = no_progress) -> ImageSummary:
+    """Walk a whole image from a forward-only source, in bounded memory, telling
+    ``progress`` how many bytes were read."""
+    src = Counted(src, progress=progress)
     head = read_head(src)
     config = head.header.config_json()
     reader = StreamReader(src, offset=len(head.raw), chunk=chunk)
