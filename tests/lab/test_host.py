@@ -141,6 +141,7 @@ def test_xendomains_stop_and_start_keep_both_guests_grants(
     assert list(save_dir.iterdir()) == []  # xendomains removes what it restored
 
 
+@pytest.mark.once
 def test_stock_xendomains_loses_a_granted_guest(
         make_guest: GuestFactory, watcher: WatcherProcess, save_dir: Path) -> None:
     """The control: no integration, the seed's failure at boot."""

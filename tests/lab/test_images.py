@@ -106,6 +106,7 @@ def assert_grant_restored(domid: int, source_max: int) -> None:
     assert (record.granted_pages, record.max_pages) == (EXTRA, source_max)
 
 
+@pytest.mark.once
 def test_stock_save_and_restore_fail_with_populated_extra_pages(
         make_guest: GuestFactory, scratch: Path) -> None:
     """The control: the seed's failure, unchanged."""
@@ -155,6 +156,7 @@ def test_save_and_restore_carry_the_grant(make_guest: GuestFactory, scratch: Pat
           f"image {image.stat().st_size} bytes")
 
 
+@pytest.mark.once
 def test_migrate_to_localhost_three_times_without_growth(make_guest: GuestFactory) -> None:
     name = "migrant"
     domid = make_guest(name, kind="pvh")
@@ -189,6 +191,7 @@ def _reversioned(framed: bytes, version: int) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
+@pytest.mark.once
 def test_xsproto_images_are_stock_images(make_guest: GuestFactory, scratch: Path) -> None:
     name = "stockable"
     domid = make_guest(name, kind="pvh")
@@ -208,6 +211,7 @@ def recorded() -> dict[int, DecisionRecord]:
     return {d: r for d, r in found.items() if r is not None}
 
 
+@pytest.mark.once
 def test_crafted_images_are_refused_and_leave_nothing(make_guest: GuestFactory,
                                                       scratch: Path) -> None:
     """Issue 7: a record rewritten with its CRC recomputed restored whatever it said. The
@@ -311,6 +315,7 @@ def frozen(domid: int) -> bytes | None:
         return xs.read(paths.freeze_path(domid))
 
 
+@pytest.mark.once
 def test_save_refuses_a_target_it_cannot_write_and_the_domain_runs_on(
         make_guest: GuestFactory, scratch: Path) -> None:
     """A plain xl save destroys the domain once it wrote the image: where the image
@@ -361,6 +366,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.once
 def test_a_save_killed_midway_leaves_no_readable_guest_memory(
         make_guest: GuestFactory, scratch: Path) -> None:
     name = "killed"
@@ -387,6 +393,7 @@ def test_a_save_killed_midway_leaves_no_readable_guest_memory(
     assert frozen(domid) == f"pid {saver.pid} save".encode()  # stale: it names a dead process
 
 
+@pytest.mark.once
 def test_images_without_a_record_restore_as_stock(make_guest: GuestFactory,
                                                   scratch: Path) -> None:
     name = "plain"
@@ -401,6 +408,7 @@ def test_images_without_a_record_restore_as_stock(make_guest: GuestFactory,
     assert decision(new) is None
 
 
+@pytest.mark.once
 def test_failed_save_leaves_no_file(scratch: Path) -> None:
     target = scratch / "never.img"
     result = xsproto("save", "no-such-domain", str(target))
