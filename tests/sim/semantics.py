@@ -270,6 +270,20 @@ def watch_fires_when_registered(connect: Connect, top: str) -> object:
     return _events(a, 1), a.next_batch(timeout=QUIET)
 
 
+def watch_twice_refused(connect: Connect, top: str) -> object:
+    """A connection cannot register the same watch (path and token) twice; another token
+    on the same path is another watch."""
+    a = connect()
+    a.watch(top, "t")
+    try:
+        a.watch(top, "t")
+        again = "ok"
+    except XenstoreError:
+        again = "refused"
+    a.watch(top, "u")
+    return again
+
+
 def watch_fires_on_commit(connect: Connect, top: str) -> object:
     """Nothing fires before a transaction commits; then one event per node it wrote, in
     order, to watchers of the nodes or of a parent (not of a child)."""
@@ -326,6 +340,7 @@ DOM0_SCENARIOS: Final = {
         "ok", "ok" if flavour is Flavour.C else "refused"]),
     "watch-fires-when-registered": Scenario(
         watch_fires_when_registered, _same(lambda top: ([(f"{top}/absent", "t")], []))),
+    "watch-twice-refused": Scenario(watch_twice_refused, _same(lambda top: "refused")),
     "watch-fires-on-commit": Scenario(watch_fires_on_commit, _same(lambda top: (
         [[]], [(f"{top}/{k}", "parent") for k in ("1", "2", "3")], []))),
     "watch-fires-on-remove": Scenario(watch_fires_on_remove, _same(lambda top: [

@@ -640,8 +640,11 @@ class Connection:
         self.store._end(txn)
 
     def watch(self, path: str, token: str) -> None:
-        """Register; xenstored fires the watch once at once."""
+        """Register; xenstored fires the watch once at once, and refuses one this
+        connection already has (EEXIST)."""
         def register(t: _Txn, p: str) -> None:
+            if (p, token) in self.watches:
+                raise Refused("EEXIST")
             self.watches.append((p, token))
             self.events.append((p, token))
 

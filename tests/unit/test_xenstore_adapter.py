@@ -147,6 +147,8 @@ class FakeXenstored:
             self.generation += 1
             return b"OK\0", changed
         if op == WATCH:
+            if (path, args[1].decode(), send) in self.watches:
+                raise Refused("EEXIST")
             self.watches.append((path, args[1].decode(), send))
             return b"OK\0", [path]  # xenstored fires a new watch once, right away
         if op == UNWATCH:

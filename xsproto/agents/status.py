@@ -17,6 +17,7 @@ from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import ProtocolError
 from xsproto.exitcodes import Exit
+from xsproto.io import XenstoreIO
 from xsproto.outputs import DomainStatus, FollowEvent, FollowKind, StatusOutput, WatcherSeen
 from xsproto.records import DecisionRecord, DecisionState, Request
 from xsproto.values import escaped
@@ -128,13 +129,20 @@ def follow(*, as_json: bool, xenstore: str | None) -> int:
         xs.watch(paths.DECISION_ROOT, FOLLOW_TOKEN)
         watched: set[int] = set()
         while True:
-            for dm in {0} | {xenstore_records.dm_domid_of(xs, d) for d in
-                             xenstore_records.domids_under(xs, paths.DOMAINS_ROOT)} - watched:
-                xs.watch(paths.device_model_area(dm), FOLLOW_TOKEN)
-                watched.add(dm)
+            watch_new_areas(xs, watched)
             for event in events_of(xs, xs.next_batch(timeout=5.0)):
                 print(json.dumps(fields.dump(event)) if as_json else describe(event),
                       flush=True)
+
+
+def watch_new_areas(xs: XenstoreIO, watched: set[int]) -> None:
+    """Watch the request area of each device model (dom0's, a stubdom's) not in
+    ``watched`` yet, and add it: xenstored refuses a watch registered twice (EEXIST)."""
+    dms = {0} | {xenstore_records.dm_domid_of(xs, d)
+                 for d in xenstore_records.domids_under(xs, paths.DOMAINS_ROOT)}
+    for dm in sorted(dms - watched):
+        xs.watch(paths.device_model_area(dm), FOLLOW_TOKEN)
+        watched.add(dm)
 
 
 def events_of(xs: Xenstore, batch: Iterable[tuple[str, str]]) -> list[FollowEvent]:
