@@ -32,6 +32,7 @@ def empties() -> Iterator[list[int]]:
     guests.destroy_empty(domids)
 
 
+@pytest.mark.once  # the watcher's scan of hundreds of domains: Xen and the watcher's cost
 def test_the_watcher_serves_domains_among_hundreds(
         empties: list[int], start_watcher: Callable[..., WatcherProcess], xs: Xenstore,
         hv: Hypervisor) -> None:
