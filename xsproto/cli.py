@@ -7,6 +7,7 @@ runs, so ``--help`` and ``inspect-image`` never pay for xenstore or the hypervis
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -37,7 +38,15 @@ def _domid(text: str) -> int:
 
 def _watcher(a: argparse.Namespace) -> int:
     from xsproto.agents import watcher
+    if a.check_config:
+        return watcher.check_config(a.policy)
     return watcher.run(a.policy, xenstore=a.xenstore)
+
+
+def _reconcile(a: argparse.Namespace) -> int:
+    from xsproto.agents import reconcile
+    return reconcile.run(a.domid, a.action, policy_file=a.policy, as_json=a.json,
+                         xenstore=a.xenstore)
 
 
 def _request(a: argparse.Namespace) -> int:
@@ -54,6 +63,8 @@ def _withdraw(a: argparse.Namespace) -> int:
 
 def _status(a: argparse.Namespace) -> int:
     from xsproto.agents import status
+    if a.follow:
+        return status.follow(as_json=a.json, xenstore=a.xenstore)
     return status.run(a.domid, as_json=a.json, xenstore=a.xenstore)
 
 
@@ -68,19 +79,22 @@ def _restore(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from xsproto.agents import restore
-    return restore.run_restore(Path(a.file), a.xl_options, xenstore=a.xenstore)
+    return restore.run_restore(Path(a.file), a.xl_options, xenstore=a.xenstore,
+                               policy=a.policy, over_policy=a.over_policy)
 
 
 def _receive(a: argparse.Namespace) -> int:
     from xsproto.agents import restore
     flags = [flag for flag in RECEIVE_FLAGS if getattr(a, f"xl{flag}")]
-    return restore.run_receive(flags, xenstore=a.xenstore)
+    return restore.run_receive(flags, xenstore=a.xenstore, policy=a.policy,
+                               over_policy=a.over_policy)
 
 
 def _migrate(a: argparse.Namespace) -> int:
     from xsproto.agents import migrate
     options = migrate.XlMigrateOptions(config=a.config, no_daemon=a.no_daemon,
-                                       paused=a.paused, debug=a.debug)
+                                       paused=a.paused, debug=a.debug, policy=a.policy,
+                                       over_policy=a.over_policy)
     return migrate.run_migrate(a.domain, a.host, a.ssh, options, xenstore=a.xenstore)
 
 
@@ -105,8 +119,26 @@ def _add_negotiation(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                                    "by policy, raise max_pages in Xen and record the "
                                    "decision. Runs in the foreground; one log line a decision.")
     p.add_argument("--policy", metavar="FILE",
-                   help="policy file (JSON or TOML); default: the safe built-in policy")
+                   help="policy file (.toml or .json); default: /etc/xen/xsproto.toml, or "
+                        "the built-in defaults when it is absent")
+    p.add_argument("--check-config", action="store_true",
+                   help="check the policy and exit (0 valid, 1 not)")
     p.set_defaults(run=_watcher)
+
+    p = sub.add_parser("reconcile", help="bring Xen's limits and the records into agreement",
+                       description="For each domain whose Xen limit is not the recorded "
+                                   "base + granted (an admin's xl mem-max), reapply the "
+                                   "record or adopt Xen's limit as the grant (default: the "
+                                   "policy's on_drift). Exit 0 when all agree afterwards.")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--adopt", dest="action", action="store_const", const="adopt",
+                     help="record Xen's limit as the grant")
+    how.add_argument("--reapply", dest="action", action="store_const", const="reapply",
+                     help="set Xen's limit back to the record's")
+    p.add_argument("--domid", type=_domid, default=None, help="only this domain")
+    p.add_argument("--policy", metavar="FILE", help="as for the watcher")
+    p.add_argument("--json", action="store_true", help="what was done, as JSON")
+    p.set_defaults(run=_reconcile)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--domid", type=_domid, required=True, help="the guest's domain id")
@@ -129,11 +161,26 @@ def _add_negotiation(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.set_defaults(run=_withdraw)
 
     p = sub.add_parser("status", help="per domain: request, decision and Xen's limit",
-                       description="Show each domain's request, the recorded decision and "
-                                   "Xen's live limit. Exit 1 when they disagree.")
+                       description="Show whether a watcher serves, and each domain's "
+                                   "request (pending or answered), the recorded decision "
+                                   "and Xen's live limit. Exit 5 when a limit drifted from "
+                                   "its record, 1 when a record is unreadable.")
     p.add_argument("--domid", type=_domid, default=None, help="only this domain")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--follow", action="store_true",
+                   help="print protocol events as they happen, until interrupted")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output (with --follow: one object a line)")
     p.set_defaults(run=_status)
+
+
+def _add_admission(p: argparse.ArgumentParser, note: str = "") -> None:
+    """The receiving host's say on the grant an image carries."""
+    p.add_argument("--policy", metavar="FILE",
+                   help="policy file (JSON or TOML, as the watcher's) that the carried "
+                        "grant must fit; default: /etc/xen/xsproto.toml, or the built-in "
+                        f"defaults when it is absent{note}")
+    p.add_argument("--over-policy", action="store_true",
+                   help=f"apply a carried grant the policy refuses (logged as a warning){note}")
 
 
 def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -151,6 +198,7 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "restore", help="xl restore, applying the image's negotiated pages in time",
         description="Feed FILE to stock 'xl restore', raising the new domain's limit by the "
                     "negotiated pages before the memory stream starts.")
+    _add_admission(p)
     p.add_argument("file", help="image written by xl save or xsproto save")
     p.add_argument("xl_options", nargs=argparse.REMAINDER, metavar="XL_RESTORE_OPTIONS",
                    help="flags passed to xl restore (e.g. -p, -e, -d)")
@@ -171,6 +219,7 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("-p", dest="paused", action="store_true",
                    help="leave the domain paused on HOST after migration")
     p.add_argument("--debug", action="store_true", help="xl's verification pass")
+    _add_admission(p, ' (for HOST\'s receiving end; with -s "", put it in that command)')
     p.add_argument("domain", help="domain name or id")
     p.add_argument("host", help="destination host (or receiving command, with -s \"\")")
     p.set_defaults(run=_migrate)
@@ -190,13 +239,14 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                     "in time; xl's replies go to stdout untouched.")
     for flag, what in RECEIVE_FLAGS.items():
         p.add_argument(flag, dest=f"xl{flag}", action="store_true", help=f"xl's {flag}: {what}")
+    _add_admission(p)
     p.set_defaults(run=_receive)
 
     p = sub.add_parser("inspect-image", help="show an image's header, record and records",
                        description="Show the xl header, the domain config summary, the "
                                    "xsproto record and every libxl/libxc record with its "
                                    "size, without keeping page data in memory.")
-    p.add_argument("file", help="image file")
+    p.add_argument("file", help="image file, or - for standard input")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(run=_inspect, logs=False)  # it logs nothing: spare the import
 
@@ -205,23 +255,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xsproto",
         description="Negotiate a device model's extra guest pages through xenstore.",
-        epilog="Exit status: 0 ok, 1 error, 2 usage, 3 rejected, 4 timeout.")
+        epilog="Exit status: 0 ok, 1 error, 2 usage, 3 rejected, 4 timeout, 5 drift.")
     parser.add_argument("--version", action="version", version=f"xsproto {__version__}")
     parser.add_argument("--xenstore", metavar="PATH", default=None,
                         help="xenstored's socket, or /dev/xen/xenbus (default: pyxs's choice)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("--log-level", default="INFO",
+                          choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    loudness.add_argument("-v", "--verbose", dest="log_level", action="store_const",
+                          const="DEBUG", help="log everything (--log-level DEBUG)")
+    loudness.add_argument("-q", "--quiet", dest="log_level", action="store_const",
+                          const="WARNING", help="log only trouble (--log-level WARNING)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_negotiation(sub)
     _add_images(sub)
+    _add_host(sub)
     return parser
+
+
+def _install_host(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from xsproto.agents import install_host
+    return install_host.run(Path(a.root), uninstall=a.uninstall, as_json=a.json)
+
+
+def _add_host(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "install-host", help="set this Xen host up: service, policy, xendomains, docs",
+        description="Install the watcher's systemd unit (enabled), the default policy "
+                    "/etc/xen/xsproto.toml (never over an existing one), the xendomains "
+                    "integration that keeps grants across host reboots, bash completion "
+                    "and man pages. Idempotent; prints one line per file.")
+    p.add_argument("--root", metavar="DIR", default="/",
+                   help="install under DIR, as on a host mounted there (default: /)")
+    p.add_argument("--uninstall", action="store_true",
+                   help="remove what install-host installed (an edited policy is kept)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(run=_install_host, logs=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "logs", True):  # after parsing: --help needs no logging
-        from xsproto import logs
-        logs.configure(args.log_level)
+        from xsproto.adapters import systemd
+        systemd.configure_logging(args.log_level)
     run: Run = args.run
     try:
         return run(args)
@@ -230,3 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Exit.ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``... | head -1``): what it wanted it has. Python would
+        # complain again flushing stdout at exit, so point stdout at nothing first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return Exit.OK

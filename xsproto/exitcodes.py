@@ -9,3 +9,4 @@ class Exit(IntEnum):
     USAGE = 2  # bad command line (argparse's own status)
     REJECTED = 3  # the toolstack rejected the request; the reason is on stderr
     TIMEOUT = 4  # no decision arrived in time
+    DRIFT = 5  # status: Xen's limit is not what a record says is in force (reconcile)

@@ -275,6 +275,44 @@ class Table(Rule):
                 "additionalProperties": self.values.schema(defs)}
 
 
+class Bool(Rule):
+    """True or false (never 0 or 1)."""
+
+    def problem(self, value: object) -> str | None:
+        return None if isinstance(value, bool) else f"must be true or false, not {_show(value)}"
+
+    def schema(self, defs: dict[str, object]) -> dict[str, object]:
+        return {"type": "boolean"}
+
+
+class Items(Rule):
+    """A tuple of what ``item`` accepts; an array in JSON."""
+
+    def __init__(self, item: Rule) -> None:
+        self.item = item
+
+    def problem(self, value: object) -> str | None:
+        if not isinstance(value, tuple):
+            return f"must be a tuple, not {_show(value)}"
+        for index, element in enumerate(value):
+            problem = self.item.problem(element)
+            if problem is not None:
+                return f"[{index}]: {problem}"
+        return None
+
+    def load(self, value: object, path: str) -> object:
+        if not isinstance(value, list):
+            raise FieldError(path, f"must be an array, not {_show(value)}")
+        return tuple(self.item.load(element, _join(path, index))
+                     for index, element in enumerate(value))
+
+    def dump(self, value: object) -> object:
+        return [self.item.dump(element) for element in typing.cast(tuple[object, ...], value)]
+
+    def schema(self, defs: dict[str, object]) -> dict[str, object]:
+        return {"type": "array", "items": self.item.schema(defs)}
+
+
 class _Spec(NamedTuple):
     name: str
     key: str

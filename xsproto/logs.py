@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable, Hashable
 
@@ -25,13 +24,10 @@ def fmt(event: str, **fields: object) -> str:
 
 def event(logger: logging.Logger, name: str, *, level: int = logging.INFO,
           **fields: object) -> None:
-    """Log one structured line."""
-    logger.log(level, fmt(name, **fields))
-
-
-def configure(level: str = "INFO") -> None:
-    logging.basicConfig(stream=sys.stderr, level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    """Log one structured line; its fields also travel with the record (the journal
+    stores them as fields of their own)."""
+    logger.log(level, fmt(name, **fields),
+               extra={"xsproto_event": name, "xsproto_fields": fields})
 
 
 class Throttle:

@@ -73,6 +73,8 @@ class Apply:
     record: DecisionRecord
     target: int
     charge: float | None = None
+    rule: str = "granted"
+    """What decided it: every rule passed (``granted``), or a recovery (``recover``)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class Reject:
     code: RejectCode
     detail: str
     record: DecisionRecord | None
+    rule: str = ""
+    """The check that failed (its function's name in RULES, or the parse step)."""
 
     def error(self, domid: int) -> RequestRejected:
         return RequestRejected(self.code, self.detail, domid=domid)
@@ -215,6 +219,11 @@ class Rule(Generic[_Judged]):
     code: RejectCode
     check: Callable[[_Judged], str | None]
 
+    @property
+    def name(self) -> str:
+        """The check's name, for the audit line (``within_cap``, ``exists``, ...)."""
+        return self.check.__name__.lstrip("_")
+
 
 GONE: tuple[Rule[DomainInfo], ...] = (
     Rule(RejectCode.NO_SUCH_DOMAIN, _exists),
@@ -271,26 +280,26 @@ def decide(
         if answer_id <= last:
             return Ignore(f"request-id {answer_id} already decided (last {last})")
 
-    def reject(code: RejectCode, detail: str) -> Decision:
+    def reject(code: RejectCode, detail: str, rule: str) -> Decision:
         record = _rejection(code, detail, answer_id, current, domain)
         if record == current:  # an unreadable request-id seen again
             return Ignore(f"already rejected: {record.reason}")
-        return Reject(code, detail, record)
+        return Reject(code, detail, record, rule)
 
     for gone in GONE:
         if (detail := gone.check(domain)) is not None:
-            return Reject(gone.code, detail, None)
+            return Reject(gone.code, detail, None, gone.name)
     try:
         request = Request.from_nodes(nodes, where=where)
     except UnsupportedVersion as err:
-        return reject(RejectCode.BAD_VERSION, str(err))
+        return reject(RejectCode.BAD_VERSION, str(err), "version")
     except ProtocolError as err:
-        return reject(RejectCode.BAD_VALUE, str(err))
+        return reject(RejectCode.BAD_VALUE, str(err), "grammar")
     asked = Asked(request, where, owner, dm_domid, domain, current, host, policy,
                   policy.limits_for(domain.domid, domain.name), limiter, now)
     for rule in RULES:
         if (detail := rule.check(asked)) is not None:
-            return reject(rule.code, detail)
+            return reject(rule.code, detail, rule.name)
     record = DecisionRecord(
         state=DecisionState.APPLYING,
         request_id=request.request_id,
@@ -321,6 +330,24 @@ def _rejection(
     )
 
 
+def drift(record: DecisionRecord | None, domain: DomainInfo) -> int | None:
+    """Xen's limit for D when it is not the one the record says is in force (an admin's
+    ``xl mem-max``); None when they agree, or when there is nothing to compare (no
+    record, a record being applied, a domain gone)."""
+    if (record is None or record.state is DecisionState.APPLYING or not domain.exists
+            or domain.dying or domain.max_pages == record.grant.max_pages):
+        return None
+    return domain.max_pages
+
+
+def adopted(record: DecisionRecord, xen_max_pages: int) -> DecisionRecord:
+    """The record that makes Xen's limit the grant in force: the pages above the base
+    are granted; a limit below the base lowers the base (the domain was shrunk)."""
+    base = min(record.base_pages, xen_max_pages)
+    return replace(record, state=DecisionState.GRANTED, reason="", base_pages=base,
+                   granted_pages=xen_max_pages - base, max_pages=xen_max_pages)
+
+
 def finish(record: DecisionRecord) -> DecisionRecord:
     """The granted record to write once Xen's limit is set."""
     if record.state is not DecisionState.APPLYING:
@@ -334,8 +361,8 @@ def recover(current: DecisionRecord | None, domain: DomainInfo) -> Decision:
         return Ignore("nothing pending")
     for gone in GONE:
         if (detail := gone.check(domain)) is not None:
-            return Reject(gone.code, detail, None)
-    return Apply(current, current.max_pages)
+            return Reject(gone.code, detail, None, gone.name)
+    return Apply(current, current.max_pages, rule="recover")
 
 
 class DmState(StrEnum):
@@ -371,13 +398,14 @@ class DeviceModelSide:
         reason: str = "",
         *,
         now: float,
-        decided: DecisionRecord | None,
+        decided: int,
         written: int = 0,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> tuple[DeviceModelSide, Request]:
-        """Build the next request; ``written`` is a request-id already in the request
-        directory (a restarted device model must not reuse it)."""
-        floor = max(self.request_id, written, decided.request_id if decided else 0)
+        """Build the next request above ``decided`` (the recorded decision's request-id,
+        0 for none) and ``written`` (a request-id already in the request directory): a
+        restarted device model must not reuse an id."""
+        floor = max(self.request_id, written, decided)
         if floor >= REQUEST_ID_MAX:
             raise ProtocolError(f"no request-id left above {floor}: remove the request and "
                                 "decision directories to start over",

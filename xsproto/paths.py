@@ -31,6 +31,10 @@ def _check_domid(domid: int) -> int:
     return domid
 
 
+HEARTBEAT: Final = "/tool/xsproto/watcher"
+"""The watcher's ``<pid> <unix seconds>``, rewritten every few seconds: who is serving."""
+
+
 def domain_dir(domid: int) -> str:
     """A domain's home in xenstore; it exists from creation until its death."""
     return f"{DOMAINS_ROOT}/{_check_domid(domid)}"

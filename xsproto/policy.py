@@ -9,17 +9,29 @@ from __future__ import annotations
 import json
 import tomllib
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Final
 
 from xsproto import fields
 from xsproto.errors import XsprotoError
-from xsproto.fields import FieldError, Int, Model, Nullable, Number, Table, Text
+from xsproto.fields import Choice, FieldError, Int, Model, Nullable, Number, Table, Text
 from xsproto.values import PAGES_MAX
 
 _PAGES: Final = Int(0, PAGES_MAX)
 PageCount = Annotated[int, _PAGES]
 _DOMID_KEY: Final = Text(pattern=r"^(0|[1-9][0-9]{0,4})$")
+DEFAULT_PATH: Final = "/etc/xen/xsproto.toml"
+"""The host's policy; when it is absent the built-in defaults apply."""
+
+
+class OnDrift(StrEnum):
+    """What the watcher does when Xen's limit no longer is the record's (``xl mem-max``)."""
+
+    REAPPLY = "reapply"
+    """Set Xen back to base + granted: the record is the truth."""
+    ADOPT = "adopt"
+    """Record what Xen says: the admin's limit becomes the grant."""
 
 
 class PolicyError(XsprotoError):
@@ -64,6 +76,7 @@ class Policy:
     host_budget_pages: PageCount = 262144
     free_reserve_pages: PageCount = 16384
     rate: Annotated[RateLimit, Model(RateLimit)] = RateLimit()
+    on_drift: Annotated[OnDrift, Choice(OnDrift)] = OnDrift.REAPPLY
     by_domid: Annotated[
         dict[str, DomainOverride], Table(Model(DomainOverride), keys=_DOMID_KEY)
     ] = field(default_factory=dict)
@@ -95,6 +108,16 @@ class Policy:
             return fields.load(cls, raw)
         except FieldError as err:
             raise PolicyError(f"{source}: {err}") from None
+
+    @classmethod
+    def load_host(cls, path: str | Path | None = None) -> Policy:
+        """The policy in ``path``; with none given, the host's (``DEFAULT_PATH``), or the
+        built-in defaults when the host has none. A file named on purpose must exist."""
+        if path is None:
+            if not Path(DEFAULT_PATH).exists():
+                return cls()
+            path = DEFAULT_PATH
+        return cls.load(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xsproto import fields
+from xsproto.outputs import FollowEvent, ImageOutput, RequestOutput, StatusOutput
 from xsproto.policy import Policy
 from xsproto.records import DecisionRecord, Request
 from xsproto.stream.image_record import ImageRecord
@@ -27,6 +28,10 @@ SCHEMA_MODELS: list[tuple[str, type[DataclassInstance]]] = [
     ("decision", DecisionRecord),
     ("policy", Policy),
     ("image-record", ImageRecord),
+    ("status-output", StatusOutput),
+    ("follow-event", FollowEvent),
+    ("request-output", RequestOutput),
+    ("inspect-output", ImageOutput),
 ]
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"

@@ -171,9 +171,13 @@ def test_the_wrapper_asks_for_exactly_the_missing_pages(
     assert_holds_its_limit(hv, domid, BASE + ROM_PAGES)
     shown = xsproto("status", "--domid", str(domid), "--json")
     assert shown.returncode == 0, shown.stderr
-    (row,) = json.loads(shown.stdout)
-    assert (row["requested_pages"], row["granted_pages"]) == (str(ROM_PAGES), ROM_PAGES)
-    assert row["consistent"] and row["xen_max_pages"] == BASE + ROM_PAGES
+    document = json.loads(shown.stdout)
+    assert document["format"] == 1 and document["watcher"]["alive"]
+    (row,) = document["domains"]
+    assert (row["requested_pages"], row["request_id"], row["granted_pages"]) == (
+        ROM_PAGES, 1, ROM_PAGES)
+    assert not row["drift"] and not row["pending"] and row["base_pages"] == BASE
+    assert row["xen_max_pages"] == row["recorded_max_pages"] == BASE + ROM_PAGES
     log = guest.log()
     assert f"asking for {ROM_PAGES} extra pages in total above base {BASE}" in log, log
     assert f"granted (request-id 1): max_pages {BASE + ROM_PAGES}" in log, log

@@ -22,7 +22,9 @@ from xsproto.negotiation import (
     Ignore,
     Reject,
     RejectCode,
+    adopted,
     decide,
+    drift,
     finish,
     recover,
 )
@@ -337,7 +339,7 @@ def applying(pages: int, rid: int = 2) -> DecisionRecord:
 def test_recover_finishes_applying() -> None:
     rec = applying(4096)
     d = recover(rec, GUEST)
-    assert d == Apply(rec, BASE + 4096)
+    assert d == Apply(rec, BASE + 4096, rule="recover")
 
 
 @pytest.mark.parametrize("current", [None, granted(5)])
@@ -359,7 +361,7 @@ def test_recover_for_dead_domain(domain: DomainInfo, code: RejectCode) -> None:
 
 def test_decide_finishes_pending_work_first() -> None:
     rec = applying(4096, rid=2)
-    assert run(nodes(1, 3), rec) == Apply(rec, BASE + 4096)
+    assert run(nodes(1, 3), rec) == Apply(rec, BASE + 4096, rule="recover")
     assert isinstance(run(nodes(1, 3), finish(rec)), Apply)
 
 
@@ -453,7 +455,7 @@ def test_restored_record_and_follow_up_request() -> None:
 def test_dm_happy_path_through_the_watcher() -> None:
     dm = DeviceModelSide(domid=D)
     assert dm.outcome() is None
-    dm, req = dm.ask(2048, "option ROMs", now=0.0, decided=None)
+    dm, req = dm.ask(2048, "option ROMs", now=0.0, decided=0)
     assert dm.state is DmState.REQUESTED and req.request_id == 1
     d = run(req.to_nodes())
     assert isinstance(d, Apply)
@@ -464,7 +466,7 @@ def test_dm_happy_path_through_the_watcher() -> None:
 
 
 def test_dm_rejection() -> None:
-    dm, req = DeviceModelSide(domid=D).ask(10**6, now=0.0, decided=None)
+    dm, req = DeviceModelSide(domid=D).ask(10**6, now=0.0, decided=0)
     d = run(req.to_nodes())
     assert isinstance(d, Reject) and d.record is not None
     dm = dm.observe(d.record)
@@ -476,35 +478,35 @@ def test_dm_rejection() -> None:
 
 def test_dm_ids_go_above_everything_seen() -> None:
     dm = DeviceModelSide(domid=D)
-    assert dm.ask(1, now=0, decided=granted(1, 5))[1].request_id == 6
-    assert dm.ask(1, now=0, decided=granted(1, 5), written=9)[1].request_id == 10
-    dm, _ = dm.ask(1, now=0, decided=None)
-    dm, req = dm.ask(2, now=0, decided=None)
+    assert dm.ask(1, now=0, decided=5)[1].request_id == 6
+    assert dm.ask(1, now=0, decided=5, written=9)[1].request_id == 10
+    dm, _ = dm.ask(1, now=0, decided=0)
+    dm, req = dm.ask(2, now=0, decided=0)
     assert req.request_id == 2 and dm.request_id == 2
 
 
 def test_dm_ignores_older_decisions_and_none() -> None:
-    dm, _ = DeviceModelSide(domid=D).ask(5, now=0.0, decided=granted(1, 3))
+    dm, _ = DeviceModelSide(domid=D).ask(5, now=0.0, decided=3)
     assert dm.observe(granted(1, 3)) == dm
     assert dm.observe(None) == dm
 
 
 def test_dm_refuses_decisions_for_ids_never_asked() -> None:
-    dm, _ = DeviceModelSide(domid=D).ask(5, now=0.0, decided=None)
+    dm, _ = DeviceModelSide(domid=D).ask(5, now=0.0, decided=0)
     with pytest.raises(ProtocolError) as err:
         dm.observe(granted(5, 2))
     assert err.value.path == paths.decision_dir(D)
 
 
 def test_dm_timeout() -> None:
-    dm, _ = DeviceModelSide(domid=D).ask(5, now=100.0, decided=None, timeout=5.0)
+    dm, _ = DeviceModelSide(domid=D).ask(5, now=100.0, decided=0, timeout=5.0)
     assert dm.tick(104.9) == dm
     dm = dm.tick(105.0)
     assert dm.state is DmState.TIMED_OUT
     with pytest.raises(NegotiationTimeout):
         dm.outcome()
     assert dm.observe(granted(5, 1)).state is DmState.TIMED_OUT
-    retry, req = dm.ask(5, now=106.0, decided=granted(5, 1))
+    retry, req = dm.ask(5, now=106.0, decided=1)
     assert retry.state is DmState.REQUESTED and req.request_id == 2
 
 
@@ -585,5 +587,26 @@ def test_a_device_model_out_of_request_ids_gets_a_protocol_error() -> None:
     a clear error naming the path, not a crash on the next id."""
     top = granted(10, rid=2**63 - 1)
     with pytest.raises(ProtocolError, match="no request-id left") as err:
-        DeviceModelSide(domid=D).observe(top).ask(10, now=0.0, decided=top)
+        DeviceModelSide(domid=D).observe(top).ask(10, now=0.0, decided=top.request_id)
     assert err.value.path == paths.request_dir(M, D)
+
+
+# --- drift: Xen's limit changed behind the record's back (xl mem-max) -------------------
+
+
+def test_drift_is_xen_differing_from_the_record_in_force() -> None:
+    rec = granted(2048)
+    assert drift(rec, replace(GUEST, max_pages=BASE + 2048)) is None
+    assert drift(rec, replace(GUEST, max_pages=BASE + 100)) == BASE + 100
+    assert drift(None, GUEST) is None
+    assert drift(applying(2048, 1), GUEST) is None
+    assert drift(rec, DomainInfo(domid=D, exists=False)) is None
+
+
+def test_adopting_makes_xen_the_grant() -> None:
+    assert adopted(granted(2048), BASE + 100).grant == Grant(BASE, 100)
+    lowered = adopted(granted(2048), BASE - 1000)
+    assert lowered.grant == Grant(BASE - 1000, 0) and lowered.state is DecisionState.GRANTED
+    over_cap = run(nodes(9000, 2), granted(2048, 1), domain=replace(GUEST, max_pages=BASE + 2048))
+    assert isinstance(over_cap, Reject) and over_cap.record is not None
+    assert adopted(over_cap.record, BASE + 5).reason == ""

@@ -139,3 +139,56 @@ def test_check_and_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     (tmp_path / "request.schema.json").write_text("{}")
     assert schemas.drifted(tmp_path) == ["request.schema.json"]
     assert schemas.main(["--check", "--dir", str(tmp_path)]) == 1
+
+
+# The --json outputs (issue 9): what the commands print validates against its schema.
+
+def _documents() -> list[tuple[str, object]]:
+    import io
+    import time
+
+    from xsproto.agents import inspect_image
+    from xsproto.outputs import (
+        DomainStatus,
+        FollowEvent,
+        FollowKind,
+        Outcome,
+        RequestOutput,
+        StatusOutput,
+        WatcherSeen,
+    )
+    from xsproto.records import Origin
+    from xsproto.stream import summarize, synthetic
+    from xsproto.stream.image_record import record_for_config
+
+    row = DomainStatus(domid=5, name="web", dm_domid=0, requested_pages=2048, request_id=3,
+                       pending=True, state=DecisionState.GRANTED, origin=Origin.REQUEST,
+                       base_pages=33024, granted_pages=1024, recorded_max_pages=34048,
+                       xen_max_pages=34048, xen_tot_pages=32768, drift=False, problem=None)
+    record = record_for_config(synthetic.domain_config(), source_domid=3,
+                               grant=Grant(33024, 2048))
+    image = synthetic.build_image(image_record=record)
+    return [
+        ("status-output", fields.dump(StatusOutput(
+            watcher=WatcherSeen(pid=42, last_seen=int(time.time()), alive=True),
+            domains=(row,)))),
+        ("status-output", fields.dump(StatusOutput(watcher=None, domains=()))),
+        ("follow-event", fields.dump(FollowEvent(time=time.time(), kind=FollowKind.REQUEST,
+                                                 domid=5, dm_domid=0, request_id=3,
+                                                 pages=2048, reason="ROMs"))),
+        ("request-output", fields.dump(RequestOutput(domid=5, outcome=Outcome.TIMED_OUT,
+                                                     detail="no decision"))),
+        ("inspect-output", inspect_image.to_json(summarize(io.BytesIO(image)))),
+    ]
+
+
+@pytest.mark.parametrize(("name", "document"), _documents(), ids=lambda v: str(v)[:20])
+def test_json_outputs_carry_a_format_and_match_their_schema(name: str, document: object) -> None:
+    assert isinstance(document, dict) and document["format"] == 1
+    validator(name).validate(json.loads(json.dumps(document)))
+
+
+def test_an_output_with_a_string_for_a_number_fails_its_schema() -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        validator("request-output").validate({"format": 1, "domid": "5",
+                                              "outcome": "granted"})

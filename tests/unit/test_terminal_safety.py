@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 
 from xsproto.agents import inspect_image, status
+from xsproto.outputs import DomainStatus, StatusOutput
+from xsproto.records import DecisionState, Origin
 from xsproto.stream import summarize, synthetic
 from xsproto.values import escaped
 
@@ -20,12 +22,12 @@ def test_escaped_keeps_printable_ascii_and_shows_the_rest() -> None:
 
 
 def test_status_table_escapes_what_peers_wrote() -> None:
-    row = status.DomainStatus(
-        domid=5, name=f"web{ESCAPE}", dm_domid=0, requested_pages=f"1{ESCAPE}",
-        request_id="1", state="rejected", origin="request", base_pages=1, granted_pages=0,
-        recorded_max_pages=1, xen_max_pages=1, xen_tot_pages=1, consistent=True,
-        problem=None)
-    text = status.render([row])
+    row = DomainStatus(
+        domid=5, name=f"web{ESCAPE}", dm_domid=0, requested_pages=None, request_id=None,
+        pending=False, state=DecisionState.REJECTED, origin=Origin.REQUEST, base_pages=1,
+        granted_pages=0, recorded_max_pages=1, xen_max_pages=1, xen_tot_pages=1,
+        drift=False, problem=f"request: pages: not a canonical decimal: {ESCAPE}")
+    text = status.render(StatusOutput(watcher=None, domains=(row,)))
     assert "\x1b" not in text and "\x07" not in text
     assert "web\\x1b]0;o" in text
 

@@ -11,19 +11,20 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
-from xsproto import paths, records
+from xsproto import fields, paths, records
 from xsproto.adapters import xenstore_records
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.errors import NegotiationTimeout, ProtocolError, RequestRejected
 from xsproto.exitcodes import Exit
 from xsproto.io import XenstoreIO
 from xsproto.negotiation import DeviceModelSide, RejectCode
-from xsproto.records import DecisionRecord
+from xsproto.outputs import Outcome, RequestOutput
+from xsproto.records import DecisionRecord, DecisionState
 from xsproto.values import DEFAULT_TIMEOUT, parse_domid, parse_request_id
 
 DECISION_TOKEN = "xsproto-decision"
+_APPLYING = DecisionState.APPLYING.value.encode("ascii")
 
 
 def own_domid(xs: XenstoreIO) -> int:
@@ -47,19 +48,12 @@ def request_pages(xs: XenstoreIO, domid: int, pages: int, reason: str = "", *,
     request_dir, decision_dir = paths.request_dir(dm, domid), paths.decision_dir(domid)
     xs.watch(decision_dir, DECISION_TOKEN)
     try:
-        raw_written = xs.read(f"{request_dir}/{records.REQUEST_ID}")
-        written = 0
-        if raw_written is not None:
-            try:
-                written = parse_request_id(raw_written, path=f"{request_dir}/{records.REQUEST_ID}")
-            except ProtocolError:
-                written = 0
-        decided = xenstore_records.read_decision(xs, domid)
-        side, request = DeviceModelSide(domid, dm).observe(decided).ask(
-            pages, reason, now=clock(), decided=decided, written=written, timeout=timeout)
+        side, request = DeviceModelSide(domid, dm).ask(
+            pages, reason, now=clock(), decided=_id_in(xs, decision_dir),
+            written=_id_in(xs, request_dir), timeout=timeout)
         xs.transact(lambda t: t.write_dir(request_dir, request.to_nodes()))
         while True:
-            record = xenstore_records.read_decision(xs, domid)
+            record = _answer(xs, domid, request.request_id)
             side = side.observe(record).tick(clock())
             if side.outcome() is not None:
                 assert record is not None  # outcome() is set only from a record
@@ -69,32 +63,63 @@ def request_pages(xs: XenstoreIO, domid: int, pages: int, reason: str = "", *,
         xs.unwatch(decision_dir, DECISION_TOKEN)
 
 
-def _result(record: DecisionRecord, domid: int) -> dict[str, Any]:
-    return {"domid": domid, "state": record.state.value, "request_id": record.request_id,
-            "base_pages": record.base_pages, "granted_pages": record.granted_pages,
-            "max_pages": record.max_pages}
+def _id_in(xs: XenstoreIO, where: str) -> int:
+    """The request-id recorded in a request or decision directory; 0 when there is none
+    or it is unreadable (the id floor only; a single node, read as it is)."""
+    path = f"{where}/{records.REQUEST_ID}"
+    raw = xs.read(path)
+    try:
+        return 0 if raw is None else parse_request_id(raw, path=path, allow_zero=True)
+    except ProtocolError:
+        return 0
+
+
+def _answer(xs: XenstoreIO, domid: int, asked: int) -> DecisionRecord | None:
+    """The decision record once it may answer request ``asked``, else None. Two single
+    reads tell whether the whole record (read in a transaction, strictly) is worth
+    reading: not while it answers an older id, nor while the watcher applies ours."""
+    where = paths.decision_dir(domid)
+    raw_id, state = xs.read(f"{where}/{records.REQUEST_ID}"), xs.read(f"{where}/{records.STATE}")
+    if raw_id is None:
+        return None
+    try:
+        decided = parse_request_id(raw_id, path=f"{where}/{records.REQUEST_ID}",
+                                   allow_zero=True)
+    except ProtocolError:
+        decided = asked  # let the strict read say what is wrong with it
+    if decided < asked or (decided == asked and state == _APPLYING):
+        return None
+    return xenstore_records.read_decision(xs, domid)
 
 
 def run_request(domid: int, pages: int, reason: str, *, timeout: float,
                 dm_domid: int | None, as_json: bool, xenstore: str | None) -> int:
-    """``xsproto request`` / ``withdraw``: ask, wait, print the outcome; the exit status
-    says granted, rejected or timed out."""
+    """``xsproto request`` / ``withdraw``: ask, wait, print the outcome (with ``as_json``
+    one RequestOutput document, whatever the outcome); the exit status says granted (0),
+    rejected (3) or timed out (4)."""
     try:
         with Xenstore(xenstore) as xs:
             record = request_pages(xs, domid, pages, reason, timeout=timeout,
                                    dm_domid=dm_domid)
     except RequestRejected as e:
-        if as_json:
-            print(json.dumps({"domid": domid, "state": "rejected", "code": e.code,
-                              "detail": e.detail}))
-        print(f"xsproto: {e}", file=sys.stderr)
+        _print(as_json, RequestOutput(domid=domid, outcome=Outcome.REJECTED, code=e.code,
+                                      detail=e.detail), f"xsproto: {e}", stderr=True)
         return Exit.REJECTED
     except NegotiationTimeout as e:
-        print(f"xsproto: {e} within {timeout:g} s (is the watcher running?)", file=sys.stderr)
+        _print(as_json, RequestOutput(domid=domid, outcome=Outcome.TIMED_OUT, detail=str(e)),
+               f"xsproto: {e} within {timeout:g} s (is the watcher running?)", stderr=True)
         return Exit.TIMEOUT
-    if as_json:
-        print(json.dumps(_result(record, domid)))
-    else:
-        print(f"domain {domid}: granted {record.granted_pages} extra pages, "
-              f"max_pages {record.max_pages} (base {record.base_pages})")
+    _print(as_json, RequestOutput(domid=domid, outcome=Outcome.GRANTED,
+                                  request_id=record.request_id, base_pages=record.base_pages,
+                                  granted_pages=record.granted_pages,
+                                  max_pages=record.max_pages),
+           f"domain {domid}: granted {record.granted_pages} extra pages, "
+           f"max_pages {record.max_pages} (base {record.base_pages})")
     return Exit.OK
+
+
+def _print(as_json: bool, document: RequestOutput, text: str, *, stderr: bool = False) -> None:
+    if as_json:
+        print(json.dumps(fields.dump(document)))
+    if stderr or not as_json:
+        print(text, file=sys.stderr if stderr else sys.stdout)

@@ -7,8 +7,10 @@ headers are kept, so a multi-gigabyte image is inspected in constant memory.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
+from xsproto import fields, outputs
 from xsproto.errors import XsprotoError, image_errors_from
 from xsproto.exitcodes import Exit
 from xsproto.stream import ImageSummary, summarize
@@ -17,10 +19,14 @@ from xsproto.values import escaped
 
 
 def run(file: str, *, as_json: bool) -> int:
-    """``xsproto inspect-image``."""
+    """``xsproto inspect-image FILE`` (``-``: standard input, e.g. an image piped in)."""
     try:
-        with open(file, "rb") as src, image_errors_from(file):
-            summary = summarize(src)
+        if file == "-":
+            with image_errors_from("standard input"):
+                summary = summarize(sys.stdin.buffer)
+        else:
+            with open(file, "rb") as src, image_errors_from(file):
+                summary = summarize(src)
     except OSError as e:
         raise XsprotoError(f"{file}: cannot read: {e.strerror or e}") from e
     print(json.dumps(to_json(summary), indent=2) if as_json else render(summary))
@@ -33,28 +39,29 @@ def _flags(mandatory: int) -> list[str]:
 
 
 def to_json(s: ImageSummary) -> dict[str, Any]:
-    """The summary as plain JSON types (the ``--json`` output)."""
-    h = s.header
-    return {
-        "xl_header": {"mandatory_flags": h.mandatory_flags, "flags": _flags(h.mandatory_flags),
-                      "optional_flags": h.optional_flags,
-                      "optional_data_bytes": len(h.optional_data), "size": h.size},
-        "config": None if s.config is None else {
-            "name": s.config.name, "uuid": s.config.uuid, "type": s.config.type,
-            "target_memkb": s.config.target_memkb, "max_memkb": s.config.max_memkb},
-        "record": None if s.record is None else s.record.to_json(),
-        "libxl_header": {"offset": s.libxl_header.offset, "version": s.libxl_header.version,
-                         "legacy": s.libxl_header.legacy},
-        "libxc_headers": [{"offset": x.offset, "version": x.version,
-                           "domain_type": x.domain_type_name,
-                           "xen": f"{x.xen_major}.{x.xen_minor}"} for x in s.libxc_headers],
-        "records": [{"offset": r.offset, "layer": r.layer, "type": r.name, "length": r.length,
-                     "size": r.size, "pfns": r.pfn_count} for r in s.records],
-        "record_counts": dict(s.record_counts),
-        "pfns": s.pfn_count,
-        "end_offset": s.end_offset,
-        "trailing_bytes": s.trailing_bytes,
-    }
+    """The summary as the ``--json`` document (schemas/inspect-output.schema.json)."""
+    h, c = s.header, s.config
+    document: dict[str, Any] = fields.dump(outputs.ImageOutput(
+        xl_header=outputs.XlHeaderSummary(
+            mandatory_flags=h.mandatory_flags, flags=tuple(_flags(h.mandatory_flags)),
+            optional_flags=h.optional_flags, optional_data_bytes=len(h.optional_data),
+            size=h.size),
+        config=None if c is None else outputs.ConfigSummary(
+            name=c.name, uuid=c.uuid, type=c.type, target_memkb=c.target_memkb,
+            max_memkb=c.max_memkb),
+        record=s.record,
+        libxl_header=outputs.LibxlHeaderSummary(
+            offset=s.libxl_header.offset, version=s.libxl_header.version,
+            legacy=s.libxl_header.legacy),
+        libxc_headers=tuple(outputs.LibxcHeaderSummary(
+            offset=x.offset, version=x.version, domain_type=x.domain_type_name,
+            xen=f"{x.xen_major}.{x.xen_minor}") for x in s.libxc_headers),
+        records=tuple(outputs.RecordSummary(
+            offset=r.offset, layer=r.layer, type=r.name, length=r.length, size=r.size,
+            pfns=r.pfn_count) for r in s.records),
+        record_counts=dict(s.record_counts), pfns=s.pfn_count, end_offset=s.end_offset,
+        trailing_bytes=s.trailing_bytes))
+    return document
 
 
 def _shown(text: str | None) -> str:

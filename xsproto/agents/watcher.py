@@ -17,20 +17,22 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from xsproto import logs, negotiation, paths, records
-from xsproto.adapters import xenstore_records
+from xsproto.adapters import systemd, xenstore_records
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.errors import ProtocolError
+from xsproto.errors import ProtocolError, TransactionConflict
 from xsproto.exitcodes import Exit
 from xsproto.io import HypervisorIO, XenstoreIO
 from xsproto.negotiation import Apply, Decision, DomainInfo, HostInfo, Ignore, Reject
-from xsproto.policy import Policy, RateLimiter
+from xsproto.policy import DEFAULT_PATH, OnDrift, Policy, PolicyError, RateLimiter
 from xsproto.records import DecisionRecord, DecisionState
 
 log = logging.getLogger("xsproto.watcher")
@@ -46,6 +48,8 @@ MAX_ROUNDS = 8
 #: Transaction attempts of one round: a device model rewriting its own nodes without
 #: pause conflicts with every read of them, and must not hold up the others' answers.
 ROUND_ATTEMPTS = 4
+#: Seconds to wait for events before serving deferred requests again.
+DEFERRED_SECONDS = 0.05
 #: Seconds without events after which the device-model areas are rescanned (a stubdom's
 #: domid may be written after it was introduced) and stale freezes are lifted.
 RESCAN_SECONDS = 5.0
@@ -96,6 +100,11 @@ def works_in(batch: Iterable[tuple[str, str]]) -> list[Work]:
     return list(works)
 
 
+def _raw(value: bytes | None) -> str | None:
+    """A value a peer wrote, for a log line (logfmt quotes and escapes what needs it)."""
+    return None if value is None else value.decode("latin-1")
+
+
 def holder_alive(holder: str) -> bool:
     """Whether the process named by a freeze node (``pid N ...``) still runs here."""
     match holder.split():
@@ -113,6 +122,11 @@ class WatcherState:
     """Device models' domains whose area is watched."""
     frozen: set[int] = field(default_factory=set)
     """Domains whose freeze node is watched, to answer them once it goes."""
+    reload_asked: bool = False
+    """Set by SIGHUP: reload the policy between batches."""
+    deferred: dict[Work, None] = field(default_factory=dict)
+    """Requests whose round kept conflicting (their device model keeps writing): served
+    again after everyone else's, so one busy device model delays nobody but itself."""
 
 
 @dataclass(frozen=True)
@@ -145,14 +159,31 @@ class Watcher:
                    cap_pages=self.policy.domain_cap_pages,
                    host_budget_pages=self.policy.host_budget_pages)
         self.reconcile()
+        self.heartbeat()
 
     def watch_areas(self) -> None:
         """Watch dom0's device-model area and each stubdom device model's."""
         domids = xenstore_records.domids_under(self.xs, paths.DOMAINS_ROOT)
-        wanted = {0} | {xenstore_records.dm_domid_of(self.xs, d) for d in domids}
-        for dm in sorted(wanted - self.state.areas):
+        models = {d: xenstore_records.dm_domid_of(self.xs, d) for d in domids}
+        for dm in sorted(({0} | set(models.values())) - self.state.areas):
             self.xs.watch(paths.device_model_area(dm), AREA_TOKEN)
             self.state.areas.add(dm)
+        stubdom_guests = {d: dm for d, dm in models.items() if dm != 0}
+        if stubdom_guests:
+            alive = set(self.hv.domids())  # xenstore may hold a dead domain's nodes
+            for domid, dm in stubdom_guests.items():
+                if domid in alive:
+                    self._guarded(paths.decision_dir(domid), self.open_decision_dir, domid,
+                                  dm)
+
+    def open_decision_dir(self, domid: int, dm: int) -> None:
+        """Give a stubdom device model an empty decision directory it may read: C
+        xenstored answers EACCES, not ENOENT, under /libxl/D (which only dom0 may read),
+        so before any decision the stubdom could not even learn there is none."""
+        where = paths.decision_dir(domid)
+        if self.xs.perms(where) is None:
+            self.xs.write(where, b"")
+            self.xs.set_perms(where, paths.decision_permissions(dm))
 
     def reconcile(self) -> None:
         """Finish interrupted decisions, answer unanswered requests, drop dead domains."""
@@ -163,8 +194,11 @@ class Watcher:
                 if self.xs.children(paths.request_dir(dm, domid)):
                     self._guarded(paths.request_dir(dm, domid), self.handle, dm, domid)
         self.collect_dead()
+        # A watcher that died between a hypercall and its re-read may have left a limit no
+        # record names: the records are the truth at start-up.
+        self.settle_all_drift()
 
-    def _guarded(self, path: str, fn: Callable[..., None], *args: object) -> None:
+    def _guarded(self, path: str, fn: Callable[..., object], *args: object) -> None:
         """One domain's trouble is logged and never stops the others being served."""
         try:
             fn(*args)
@@ -185,23 +219,73 @@ class Watcher:
         else:
             self.handle(work.dm, work.domid)
 
-    def run_forever(self) -> None:
+    def run_forever(self, *, reload: Callable[[], None] | None = None) -> None:
         """Serve events; the events of one batch (a request's four keys, say) are served
-        once per thing they ask for, in order of arrival. When nothing happens for a
-        while, rescan (see RESCAN_SECONDS)."""
+        once per thing they ask for, in order of arrival. Every RESCAN_SECONDS, busy or
+        not, rescan. ``reload`` runs between batches when a reload was asked for."""
+        last_rescan = self.clock()
         while True:
-            batch = self.xs.next_batch(timeout=RESCAN_SECONDS)
-            if not batch:
-                self._guarded(paths.DOMAINS_ROOT, self.rescan)
-            for work in works_in(batch):
+            batch = self.xs.next_batch(timeout=DEFERRED_SECONDS if self.state.deferred
+                                       else RESCAN_SECONDS)
+            deferred = list(self.state.deferred)  # taken only once they are served
+            self.state.deferred.clear()
+            if reload is not None and self.state.reload_asked:
+                self.state.reload_asked = False
+                reload()
+            for work in [*works_in(batch), *deferred]:
                 self._guarded(work.path, self.serve, work)
+            if self.clock() - last_rescan >= RESCAN_SECONDS:
+                last_rescan = self.clock()
+                self._guarded(paths.DOMAINS_ROOT, self.rescan)
 
     def rescan(self) -> None:
         """Watch new device models' areas; retry frozen domains (a freeze whose holder
-        died is lifted there)."""
+        died is lifted there); bring back drifted limits; say we are alive."""
         self.watch_areas()
         for domid in sorted(self.state.frozen):
             self.handle(xenstore_records.dm_domid_of(self.xs, domid), domid)
+        deferred = list(self.state.deferred)
+        self.state.deferred.clear()
+        for work in deferred:
+            self._guarded(work.path, self.serve, work)
+        self.settle_all_drift()
+        self.heartbeat()
+
+    def settle_all_drift(self) -> None:
+        for domid in xenstore_records.domids_under(self.xs, paths.DECISION_ROOT):
+            self._guarded(paths.decision_dir(domid), self.settle_drift, domid)
+
+    def heartbeat(self) -> None:
+        """``<pid> <unix seconds>`` at paths.HEARTBEAT: ``xsproto status`` tells from it
+        whether a watcher is serving."""
+        self.xs.write(paths.HEARTBEAT, f"{os.getpid()} {int(time.time())}".encode())
+
+    # Drift: Xen's limit changed behind the record's back (an admin's xl mem-max).
+
+    def settle_drift(self, domid: int, action: OnDrift | None = None) -> str | None:
+        """Reapply or adopt (``action``, default the policy's ``on_drift``) if Xen's limit
+        is not the record's; what was done, None when nothing drifted. Logged once per
+        drift: the limit agrees with the record afterwards."""
+        domain = self.hv.domain(domid)
+        if xenstore_records.limit_in_force(self.xs, domid) == domain.max_pages:
+            return None  # the cheap look (three single reads) says all is well
+        current = xenstore_records.read_decision(self.xs, domid)
+        xen = negotiation.drift(current, domain)
+        if current is None or xen is None:
+            return None
+        action = action or self.policy.on_drift
+        logs.event(log, "drift", level=logging.WARNING, domid=domid,
+                   path=paths.decision_dir(domid), xen_max_pages=xen,
+                   recorded_max_pages=current.grant.max_pages, action=action.value)
+        if action is OnDrift.ADOPT:
+            record = negotiation.adopted(current, xen)
+            if not self._swap(domid, xenstore_records.dm_domid_of(self.xs, domid), current,
+                              record):
+                return None  # the record moved on meanwhile: the next rescan looks again
+            self._audit(domid, "adopted", current, record, rule="drift-adopt")
+        else:
+            self.follow_record(domid)
+        return action.value
 
     # Deciding.
 
@@ -225,7 +309,14 @@ class Watcher:
         if self._frozen(domid):
             return
         for _ in range(MAX_ROUNDS):
-            done = self.decide_and_record(dm, domid)
+            try:
+                done = self.decide_and_record(dm, domid)
+            except TransactionConflict:
+                self.state.deferred[Work("request", dm, domid)] = None
+                self.throttle.event(log, "deferred", key=("deferred", dm, domid),
+                                    level=logging.WARNING, domid=domid, dm=dm, path=where,
+                                    why=f"still conflicting after {ROUND_ATTEMPTS} attempts")
+                return
             if self.carry_out(domid, dm, done, where):
                 return
         logs.event(log, "gave-up", level=logging.ERROR, domid=domid, path=where,
@@ -301,36 +392,71 @@ class Watcher:
         """Finish what a round decided; False when the record moved on and it must be
         redone."""
         decision = done.decision
-        fields: dict[str, Any] = {
-            "domid": domid, "dm": dm, "path": where,
-            "pages": done.nodes.get(records.PAGES, b"").decode("ascii", "backslashreplace")
-            or None}
+        asked: dict[str, Any] = {"dm": dm, "path": where,
+                 "pages": _raw(done.nodes.get(records.PAGES)),
+                 "reason": _raw(done.nodes.get(records.REASON))}
         if isinstance(decision, Ignore):
-            logs.event(log, "ignored", level=logging.DEBUG, **fields, why=decision.why)
+            logs.event(log, "ignored", level=logging.DEBUG, domid=domid, **asked,
+                       why=decision.why)
             return True
         if isinstance(decision, Reject):
             if decision.record is None:
                 self.forget(domid)
-            self.throttle.event(log, "decision", key=("rejected", domid), **fields,
-                                result="rejected", code=decision.code, detail=decision.detail)
+            self._audit(domid, "rejected", done.current, decision.record, rule=decision.rule,
+                        code=decision.code, detail=decision.detail, **asked)
             return True
-        return self._apply(domid, dm, decision, fields)
+        return self._apply(domid, dm, decision, done.current, asked)
 
-    def _apply(self, domid: int, dm: int, decision: Apply, fields: dict[str, Any]) -> bool:
+    def _audit(self, domid: int, result: str, old: DecisionRecord | None,
+               new: DecisionRecord | None, *, rule: str, **fields: object) -> None:
+        """The audit line of a decision: who asked and why, the request, the grant and the
+        limit before and after, and the rule that decided. Rejections of one domain are
+        throttled (a hostile device model could ask without end); grants never are."""
+        line: dict[str, Any] = {
+            "domid": domid, "result": result, "rule": rule,
+            "request_id": None if new is None else new.request_id,
+            "old_granted_pages": None if old is None else old.granted_pages,
+            "new_granted_pages": None if new is None else new.granted_pages,
+            "old_max_pages": None if old is None else old.grant.max_pages,
+            "new_max_pages": None if new is None else new.grant.max_pages, **fields}
+        if result == "rejected":
+            self.throttle.event(log, "audit", key=("rejected", domid), **line)
+        else:
+            logs.event(log, "audit", **line)
+
+    def _apply(self, domid: int, dm: int, decision: Apply, old: DecisionRecord | None,
+               asked: dict[str, Any]) -> bool:
         record = decision.record
         _checkpoint("after-applying")
         self.hv.set_max_pages(domid, decision.target)
         _checkpoint("after-hypercall")
         done = negotiation.finish(record)
-        if not self._swap(domid, dm, record, done):
+        if not self._finish(domid, record, done):
             self.follow_record(domid)  # another watcher moved on: Xen follows its record
             return False
         if decision.charge is not None:
             self.state.limiter.charge(domid, decision.charge)
-        logs.event(log, "decision", **fields, result="granted", request_id=done.request_id,
-                   base_pages=done.base_pages, granted_pages=done.granted_pages,
-                   max_pages=done.max_pages)
-        return True
+        self._audit(domid, "granted", old, done, rule=decision.rule, **asked)
+        # A recovery finished another watcher's decision: a newer request may stand behind
+        # it (its events came in the same batch), so go round again.
+        return decision.rule != "recover"
+
+    def _finish(self, domid: int, applying: DecisionRecord, done: DecisionRecord) -> bool:
+        """Write ``done``'s state if the record is still ``applying`` (one transaction).
+        Its request-id and state tell: a record moved on (another watcher's newer id, a
+        restore's id 0, a finished state) differs in one of them, and nothing else
+        rewrites an applying record."""
+        where = paths.decision_dir(domid)
+        before, after = applying.to_nodes(), done.to_nodes()
+
+        def txn(t: XenstoreIO) -> bool:
+            now = xenstore_records.read_keys(t, where, (records.REQUEST_ID, records.STATE))
+            if now != {k: before[k] for k in (records.REQUEST_ID, records.STATE)}:
+                return False
+            t.write(f"{where}/{records.STATE}", after[records.STATE])
+            return True
+
+        return self.xs.transact(txn)
 
     def _swap(self, domid: int, dm: int, expected: DecisionRecord,
               record: DecisionRecord) -> bool:
@@ -394,12 +520,56 @@ class Watcher:
         logs.event(log, "forgotten", domid=domid, path=paths.decision_dir(domid))
 
 
+def load_policy(policy_file: str | None) -> Policy:
+    """The policy named, or the host's (absent: the built-in defaults)."""
+    return Policy.load_host(policy_file)
+
+
+def check_config(policy_file: str | None) -> int:
+    """``xsproto watcher --check-config``: load the policy as the watcher would, say what
+    it is, change nothing."""
+    try:
+        policy = load_policy(policy_file)
+    except PolicyError as e:
+        print(f"xsproto: {e}", file=sys.stderr)
+        return Exit.ERROR
+    where = policy_file or (DEFAULT_PATH if Path(DEFAULT_PATH).exists()
+                            else f"built-in defaults ({DEFAULT_PATH} is absent)")
+    print(f"{where}: valid: domain cap {policy.domain_cap_pages} pages, host budget "
+          f"{policy.host_budget_pages} pages, reserve {policy.free_reserve_pages} pages, "
+          f"rate {policy.rate.burst} per {policy.rate.refill_seconds:g} s, "
+          f"on drift {policy.on_drift.value}")
+    return Exit.OK
+
+
 def run(policy_file: str | None, *, xenstore: str | None) -> int:
-    """``xsproto watcher``: serve until killed."""
-    policy = Policy.load(policy_file) if policy_file else Policy()
+    """``xsproto watcher``: serve until killed. SIGHUP reloads the policy (a bad file
+    keeps the old one, and says why); systemd hears READY once the start-up reconcile is
+    done."""
+    policy = load_policy(policy_file)
     with Xenstore(xenstore) as xs:
         watcher = Watcher(xs, Hypervisor(), policy)
-        logs.event(log, "starting", policy=policy_file or "defaults")
+
+        def ask_reload(signum: int, frame: object) -> None:
+            watcher.state.reload_asked = True
+
+        def reload() -> None:
+            systemd.notify("RELOADING=1")
+            try:
+                watcher.policy = load_policy(policy_file)
+            except PolicyError as e:
+                logs.event(log, "reload-refused", level=logging.ERROR,
+                           path=policy_file or DEFAULT_PATH, error=e,
+                           why="keeping the policy in force")
+            else:
+                logs.event(log, "reloaded", path=policy_file or DEFAULT_PATH,
+                           cap_pages=watcher.policy.domain_cap_pages,
+                           host_budget_pages=watcher.policy.host_budget_pages)
+            systemd.notify("READY=1")
+
+        signal.signal(signal.SIGHUP, ask_reload)
+        logs.event(log, "starting", policy=policy_file or DEFAULT_PATH, pid=os.getpid())
         watcher.start()
-        watcher.run_forever()
+        systemd.notify(f"READY=1\nSTATUS=serving; areas {sorted(watcher.state.areas)}")
+        watcher.run_forever(reload=reload)
     return Exit.OK
