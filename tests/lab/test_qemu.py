@@ -4,13 +4,16 @@ stock xl 4.17 through the ``xsproto-qemu`` wrapper (``device_model_override``).
 Guests are HVM and created paused (``xl create -p``): QEMU sets up its devices, which
 populates each NIC's option ROM in the guest, and no vCPU ever runs (the emulator's nested
 SVM cannot fault). Each extra e1000 NIC carries a 256 KiB iPXE ROM, 64 pages beyond the
-guest's memory; libxl's 1 MiB of slack covers four of them.
+guest's memory; libxl's 1 MiB of slack covers four of them, whatever the memory. The
+guests have the least memory xl accepts here (32 MB, stdvga's 16 MB of video RAM
+included): every save and migration copies all of it, in an emulated CPU. The figures
+for the closing note (smallest failing set, pages asked, start-up with and without the
+wrapper) are measured by tools/bench_qemu.py, with 128 MB guests.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +33,7 @@ from xsproto.records import DecisionRecord, DecisionState, Origin, Request
 
 pytestmark = pytest.mark.lab
 
-MEMORY_MB = 128
+MEMORY_MB = 32
 LIBXL_SLACK_KB = 1024
 """LIBXL_MAXMEM_CONSTANT: what libxl adds to a guest's memory for its limit."""
 BASE = (MEMORY_MB * 1024 + LIBXL_SLACK_KB) // 4
@@ -41,7 +44,6 @@ FITS = 4
 FAILS = FITS + 1
 RECEIVER = f"{XSPROTO} migrate-receive -p"
 POPULATE_FAILED = "xen: failed to populate ram"
-STARTUP_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,6 @@ class Started:
 
     name: str
     result: subprocess.CompletedProcess[str]
-    seconds: float
     domid: int | None
 
     def log(self) -> str:
@@ -93,10 +94,10 @@ def hvm(request: pytest.FixtureRequest) -> Iterator[HvmFactory]:
     def create(nics: int, *, wrapped: bool = True) -> Started:
         name = f"q{len(names)}-{request.node.name[5:25]}".replace("_", "-")
         names.append(name)
-        started = time.monotonic()
         result = guests.create_paused_hvm(
-            name, nics=nics, device_model=str(clients.WRAPPER) if wrapped else None)
-        return Started(name, result, time.monotonic() - started, domid_named(name))
+            name, nics=nics, memory_mb=MEMORY_MB,
+            device_model=str(clients.WRAPPER) if wrapped else None)
+        return Started(name, result, domid_named(name))
 
     yield create
     for name in names:
@@ -154,12 +155,15 @@ def test_stock_xl_fails_with_one_rom_too_many(hvm: HvmFactory, hv: Hypervisor) -
     assert fails.result.returncode != 0
     assert POPULATE_FAILED in fails.log()
     assert fails.domid is None
-    print(f"smallest failing set on stock Xen 4.17: {FAILS} e1000 NICs with their ROMs "
-          f"({FITS} hold {BASE} of {BASE} pages); xl create -p took {fits.seconds:.2f} s")
 
 
-def test_the_wrapper_asks_for_exactly_the_missing_pages(
-        hvm: HvmFactory, watcher: WatcherProcess, xs: Xenstore, hv: Hypervisor) -> None:
+def test_the_wrapper_starts_it_and_xsproto_save_restore_and_migrate_carry_it(
+        hvm: HvmFactory, watcher: WatcherProcess, xs: Xenstore, hv: Hypervisor,
+        scratch: Path) -> None:
+    """The control's failing guest, through the wrapper: its QEMU asks for the one ROM
+    that does not fit and starts; then xsproto save + restore and three migrations to
+    localhost carry the grant with no growth; then stock xl save + restore of the same
+    guest fails (the seed's bug, with the real device model)."""
     guest = hvm(FAILS)
     domid = running(guest)
     nodes, owner = read_request(xs, 0, domid)
@@ -183,7 +187,35 @@ def test_the_wrapper_asks_for_exactly_the_missing_pages(
     assert f"granted (request-id 1): max_pages {BASE + ROM_PAGES}" in log, log
     assert POPULATE_FAILED not in log
     assert "result=granted" in watcher.log()
-    print(f"the shim asked for {request.pages} pages; xl create -p took {guest.seconds:.2f} s")
+
+    image = scratch / "qemu.img"
+    saved = xsproto("save", guest.name, str(image))
+    assert saved.returncode == 0, saved.stderr
+    restored = xsproto("restore", str(image), "-p")
+    assert restored.returncode == 0, restored.stderr
+    image.unlink()
+    new = domid_named(guest.name)
+    assert new is not None and new != domid
+    assert_carried(xs, hv, new, guest.name)
+
+    seen = {domid, new}
+    for _ in range(3):
+        moved = xsproto("migrate", "-s", "", "-p", guest.name, RECEIVER)
+        assert moved.returncode == 0, moved.stderr
+        new = domid_named(guest.name)
+        assert new is not None and new not in seen
+        seen.add(new)
+        # xl names the receiving domain NAME--incoming until it runs: so is QEMU's log.
+        assert_carried(xs, hv, new, f"{guest.name}--incoming")
+
+    # Stock xl: the restored domain gets libxl's limit back, and the memory stream cannot
+    # repopulate the ROM's pages.
+    saved = xl("save", guest.name, str(image))
+    assert saved.returncode == 0, saved.stderr
+    restored = xl("restore", "-p", str(image))
+    assert restored.returncode != 0
+    assert "Failed to populate physmap (16 = Device or resource busy)" in restored.stderr
+    assert domid_named(guest.name) is None
 
 
 def test_each_rom_beyond_the_limit_asks_for_the_running_total(
@@ -197,52 +229,6 @@ def test_each_rom_beyond_the_limit_asks_for_the_running_total(
     log = guest.log()
     for n in range(1, beyond + 1):
         assert f"asking for {n * ROM_PAGES} extra pages in total above base {BASE}" in log, log
-
-
-def test_xsproto_save_and_restore_carry_the_real_qemu(
-        hvm: HvmFactory, watcher: WatcherProcess, xs: Xenstore, hv: Hypervisor,
-        scratch: Path) -> None:
-    guest = hvm(FAILS)
-    running(guest)
-    image = scratch / "qemu.img"
-    saved = xsproto("save", guest.name, str(image))
-    assert saved.returncode == 0, saved.stderr
-    restored = xsproto("restore", str(image), "-p")
-    assert restored.returncode == 0, restored.stderr
-    new = domid_named(guest.name)
-    assert new is not None and new != guest.domid
-    assert_carried(xs, hv, new, guest.name)
-
-
-def test_xsproto_migrate_three_times_without_growth(
-        hvm: HvmFactory, watcher: WatcherProcess, xs: Xenstore, hv: Hypervisor) -> None:
-    guest = hvm(FAILS)
-    seen = {running(guest)}
-    for _ in range(3):
-        started = time.monotonic()
-        moved = xsproto("migrate", "-s", "", "-p", guest.name, RECEIVER)
-        assert moved.returncode == 0, moved.stderr
-        new = domid_named(guest.name)
-        assert new is not None and new not in seen
-        seen.add(new)
-        # xl names the receiving domain NAME--incoming until it runs: so is QEMU's log.
-        assert_carried(xs, hv, new, f"{guest.name}--incoming")
-        print(f"migrated to domain {new} in {time.monotonic() - started:.2f} s")
-
-
-def test_stock_save_and_restore_of_it_fail(hvm: HvmFactory, watcher: WatcherProcess,
-                                           scratch: Path) -> None:
-    """The seed's bug with the real device model: the restored domain gets libxl's limit
-    back, and the memory stream cannot repopulate the ROMs' pages."""
-    guest = hvm(FAILS)
-    running(guest)
-    image = scratch / "stock.img"
-    saved = xl("save", guest.name, str(image))
-    assert saved.returncode == 0, saved.stderr
-    restored = xl("restore", "-p", str(image))
-    assert restored.returncode != 0
-    assert "Failed to populate physmap (16 = Device or resource busy)" in restored.stderr
-    assert domid_named(guest.name) is None
 
 
 def test_a_cap_below_the_need_fails_qemu_and_changes_nothing(
@@ -261,20 +247,3 @@ def test_a_cap_below_the_need_fails_qemu_and_changes_nothing(
         time.sleep(0.5)
     assert qemu_processes(guest.name) == []
     assert "result=rejected" in watcher.log() and "result=granted" not in watcher.log()
-
-
-def test_qemu_startup_with_and_without_the_wrapper(hvm: HvmFactory,
-                                                   watcher: WatcherProcess) -> None:
-    """Measured, not asserted: ``xl create -p`` (QEMU's start-up is most of it) of the
-    same guest, stock and wrapped, and wrapped with one more ROM (one request)."""
-    runs: dict[str, list[float]] = {"stock": [], "wrapper": [], "wrapper+request": []}
-    for _ in range(STARTUP_ROUNDS):
-        for kind, nics, wrapped in (("stock", FITS, False), ("wrapper", FITS, True),
-                                    ("wrapper+request", FAILS, True)):
-            started = hvm(nics, wrapped=wrapped)
-            running(started)
-            runs[kind].append(started.seconds)
-            assert xl("destroy", started.name).returncode == 0
-    print("xl create -p, median of " + str(STARTUP_ROUNDS) + ": " + ", ".join(
-        f"{kind} {statistics.median(times):.2f} s ({' '.join(f'{t:.2f}' for t in times)})"
-        for kind, times in runs.items()))

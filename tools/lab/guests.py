@@ -97,10 +97,11 @@ def create(name: str, *, kind: str, memory_mb: int, files: LabFiles) -> int:
     return domid_of(name)
 
 
-def create_paused_hvm(name: str, *, nics: int,
+def create_paused_hvm(name: str, *, nics: int, memory_mb: int = 128,
                       device_model: str | None = None) -> subprocess.CompletedProcess[str]:
     """``xl create -p`` of ``hvm_config``; the result says whether QEMU started."""
-    path = _write_config(name, hvm_config(name, nics=nics, device_model=device_model))
+    path = _write_config(name, hvm_config(name, nics=nics, memory_mb=memory_mb,
+                                          device_model=device_model))
     return subprocess.run(["xl", "create", "-p", str(path)], capture_output=True, text=True)
 
 
