@@ -4,11 +4,9 @@ stock xl 4.17 through the ``xsproto-qemu`` wrapper (``device_model_override``).
 Guests are HVM and created paused (``xl create -p``): QEMU sets up its devices, which
 populates each NIC's option ROM in the guest, and no vCPU ever runs (the emulator's nested
 SVM cannot fault). Each extra e1000 NIC carries a 256 KiB iPXE ROM, 64 pages beyond the
-guest's memory; libxl's 1 MiB of slack covers four of them, whatever the memory. The
-guests have the least memory xl accepts here (32 MB, stdvga's 16 MB of video RAM
-included): every save and migration copies all of it, in an emulated CPU. The figures
-for the closing note (smallest failing set, pages asked, start-up with and without the
-wrapper) are measured by tools/bench_qemu.py, with 128 MB guests.
+guest's memory; libxl's 1 MiB of slack covers four of them. The figures for the closing
+note (smallest failing set, pages asked, start-up with and without the wrapper) are
+measured by tools/bench_qemu.py on the same guests.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from xsproto.records import DecisionRecord, DecisionState, Origin, Request
 
 pytestmark = pytest.mark.lab
 
-MEMORY_MB = 32
+MEMORY_MB = 128
 LIBXL_SLACK_KB = 1024
 """LIBXL_MAXMEM_CONSTANT: what libxl adds to a guest's memory for its limit."""
 BASE = (MEMORY_MB * 1024 + LIBXL_SLACK_KB) // 4
