@@ -32,6 +32,8 @@ from xsproto.records import DecisionRecord, DecisionState, Origin, Request
 pytestmark = pytest.mark.lab
 
 MEMORY_MB = 128
+"""Not less than 64: a paused 32 MB HVM guest does not restore even with stock xl
+(DEVELOPERS.md), and a smaller guest saves no time (restore costs the same at 64 MB)."""
 LIBXL_SLACK_KB = 1024
 """LIBXL_MAXMEM_CONSTANT: what libxl adds to a guest's memory for its limit."""
 BASE = (MEMORY_MB * 1024 + LIBXL_SLACK_KB) // 4
