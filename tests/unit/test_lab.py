@@ -108,6 +108,23 @@ def test_guest_config_rejects_bad_input(name: str, kind: str, memory: int) -> No
         guests.guest_config(name, kind=kind, memory_mb=memory, files=FILES)
 
 
+def test_hvm_config_is_paused_qemu_with_nic_roms() -> None:
+    text = guests.hvm_config("h1", nics=2, device_model="/opt/bin/xsproto-qemu")
+    for line in ('type = "hvm"', "memory = 128", 'vga = "stdvga"', "vnc = 0",
+                 'serial = "pty"', 'device_model_version = "qemu-xen"',
+                 'device_model_override = "/opt/bin/xsproto-qemu"'):
+        assert line in text.splitlines()
+    rom = f"e1000,romfile={guests.NIC_ROM}"
+    assert f'device_model_args_hvm = ["-device", "{rom}", "-device", "{rom}"]' in text
+    assert "device_model_override" not in guests.hvm_config("h1", nics=0)
+
+
+@pytest.mark.parametrize(("name", "nics"), [("a b", 1), ("h1", -1), ("h1", 17)])
+def test_hvm_config_rejects_bad_input(name: str, nics: int) -> None:
+    with pytest.raises(ValueError):
+        guests.hvm_config(name, nics=nics)
+
+
 def test_triple_faults_are_read_from_xens_console() -> None:
     dmesg = ("(XEN) d22v0 Triple fault - invoking HVM shutdown action 1\n"
              "(XEN) *** Dumping Dom22 vcpu#0 state: ***\n"

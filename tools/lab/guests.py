@@ -1,11 +1,14 @@
-"""Test guests inside dom0: small real PV/PVH guests booted by ``xl``, and empty domains.
+"""Test guests inside dom0: small real PV/PVH guests booted by ``xl``, paused HVM guests
+with a real QEMU, and empty domains.
 
-``guest_config`` is pure. The rest runs ``xl`` and must be called inside the lab's dom0.
+``guest_config`` and ``hvm_config`` are pure. The rest runs ``xl`` and must be called
+inside the lab's dom0.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -19,16 +22,23 @@ from .fetch import LabFiles
 GUEST_TYPES = ("pv", "pvh")
 CONFIG_DIR = Path("/var/lib/xenlab")
 XEN_PYTHON = "/usr/lib/xen-4.17/lib/python"
+NIC_ROM = "/usr/lib/ipxe/qemu/efi-e1000.rom"
+"""From Debian's ipxe-qemu (tools/bootstrap installs it)."""
+MAX_NICS = 16
+
+
+def _check(name: str, memory_mb: int) -> None:
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise ValueError(f"guest name must be letters, digits, '-', '_' or '.', not {name!r}")
+    if memory_mb < 32:
+        raise ValueError(f"guest memory must be at least 32 MB, not {memory_mb}")
 
 
 def guest_config(name: str, *, kind: str, memory_mb: int, files: LabFiles) -> str:
     """An xl config for a busybox guest that boots and sleeps."""
     if kind not in GUEST_TYPES:
         raise ValueError(f"guest type must be one of {', '.join(GUEST_TYPES)}, not {kind!r}")
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise ValueError(f"guest name must be letters, digits, '-', '_' or '.', not {name!r}")
-    if memory_mb < 32:
-        raise ValueError(f"guest memory must be at least 32 MB, not {memory_mb}")
+    _check(name, memory_mb)
     return "\n".join([
         f'name = "{name}"',
         f'type = "{kind}"',
@@ -45,13 +55,54 @@ def guest_config(name: str, *, kind: str, memory_mb: int, files: LabFiles) -> st
     ])
 
 
-def create(name: str, *, kind: str, memory_mb: int, files: LabFiles) -> int:
-    """Create the guest; return its domain id."""
+def hvm_config(name: str, *, nics: int, memory_mb: int = 128,
+               device_model: str | None = None) -> str:
+    """An xl config for an HVM guest whose real QEMU (Debian's 7.2) carries ``nics``
+    extra e1000 NICs, each with its iPXE option ROM: 256 KiB of RAM that QEMU populates
+    in the guest, beyond its memory. Create it paused (``create_paused_hvm``): QEMU sets
+    up its devices and no vCPU ever runs (the emulator's nested SVM cannot fault).
+    ``device_model`` replaces xl's QEMU (``device_model_override``)."""
+    _check(name, memory_mb)
+    if not 0 <= nics <= MAX_NICS:
+        raise ValueError(f"NICs must be 0..{MAX_NICS}, not {nics}")
+    devices = [arg for _ in range(nics) for arg in ("-device", f"e1000,romfile={NIC_ROM}")]
+    lines = [
+        f'name = "{name}"',
+        'type = "hvm"',
+        f"memory = {memory_mb}",
+        'vga = "stdvga"',
+        "vnc = 0",
+        'serial = "pty"',
+        'on_crash = "destroy"',
+        'on_reboot = "destroy"',
+        f"device_model_args_hvm = {json.dumps(devices)}",
+    ]
+    if device_model is not None:  # with the version it speaks, or xl warns
+        lines += ['device_model_version = "qemu-xen"',
+                  f"device_model_override = {json.dumps(device_model)}"]
+    return "\n".join([*lines, ""])
+
+
+def _write_config(name: str, text: str) -> Path:
     CONFIG_DIR.mkdir(parents=True, exist_ok=True)
     path = CONFIG_DIR / f"{name}.cfg"
-    path.write_text(guest_config(name, kind=kind, memory_mb=memory_mb, files=files))
+    path.write_text(text)
+    return path
+
+
+def create(name: str, *, kind: str, memory_mb: int, files: LabFiles) -> int:
+    """Create the guest; return its domain id."""
+    path = _write_config(name, guest_config(name, kind=kind, memory_mb=memory_mb, files=files))
     subprocess.run(["xl", "create", "-q", str(path)], check=True)
     return domid_of(name)
+
+
+def create_paused_hvm(name: str, *, nics: int, memory_mb: int = 128,
+                      device_model: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``xl create -p`` of ``hvm_config``; the result says whether QEMU started."""
+    path = _write_config(name, hvm_config(name, nics=nics, memory_mb=memory_mb,
+                                          device_model=device_model))
+    return subprocess.run(["xl", "create", "-p", str(path)], capture_output=True, text=True)
 
 
 def domid_of(name: str) -> int:
