@@ -117,12 +117,17 @@ def test_hvm_config_is_paused_qemu_with_nic_roms() -> None:
     rom = f"e1000,romfile={guests.NIC_ROM}"
     assert f'device_model_args_hvm = ["-device", "{rom}", "-device", "{rom}"]' in text
     assert "device_model_override" not in guests.hvm_config("h1", nics=0)
+    assert 'on_crash = "destroy"' in text.splitlines()
+    kept = guests.hvm_config("h1", nics=0, after_fault="preserve").splitlines()
+    assert 'on_crash = "preserve"' in kept and 'on_reboot = "preserve"' in kept
 
 
 @pytest.mark.parametrize(("name", "nics"), [("a b", 1), ("h1", -1), ("h1", 17)])
 def test_hvm_config_rejects_bad_input(name: str, nics: int) -> None:
     with pytest.raises(ValueError):
         guests.hvm_config(name, nics=nics)
+    with pytest.raises(ValueError, match="restart"):
+        guests.hvm_config("h1", nics=0, after_fault="restart")
 
 
 def test_triple_faults_are_read_from_xens_console() -> None:

@@ -56,13 +56,17 @@ def guest_config(name: str, *, kind: str, memory_mb: int, files: LabFiles) -> st
 
 
 def hvm_config(name: str, *, nics: int, memory_mb: int = 128,
-               device_model: str | None = None) -> str:
+               device_model: str | None = None, after_fault: str = "destroy") -> str:
     """An xl config for an HVM guest whose real QEMU (Debian's 7.2) carries ``nics``
     extra e1000 NICs, each with its iPXE option ROM: 256 KiB of RAM that QEMU populates
     in the guest, beyond its memory. Create it paused (``create_paused_hvm``): QEMU sets
     up its devices and no vCPU ever runs (the emulator's nested SVM cannot fault).
-    ``device_model`` replaces xl's QEMU (``device_model_override``)."""
+    ``device_model`` replaces xl's QEMU (``device_model_override``). ``after_fault``
+    ("preserve") keeps a guest that will run later, once unpaused, with its id and limit
+    if the emulator triple-faults it (xl would else destroy or reboot it)."""
     _check(name, memory_mb)
+    if after_fault not in ("destroy", "preserve"):
+        raise ValueError(f"after a fault: destroy or preserve, not {after_fault!r}")
     if not 0 <= nics <= MAX_NICS:
         raise ValueError(f"NICs must be 0..{MAX_NICS}, not {nics}")
     devices = [arg for _ in range(nics) for arg in ("-device", f"e1000,romfile={NIC_ROM}")]
@@ -73,8 +77,8 @@ def hvm_config(name: str, *, nics: int, memory_mb: int = 128,
         'vga = "stdvga"',
         "vnc = 0",
         'serial = "pty"',
-        'on_crash = "destroy"',
-        'on_reboot = "destroy"',
+        f'on_crash = "{after_fault}"',
+        f'on_reboot = "{after_fault}"',
         f"device_model_args_hvm = {json.dumps(devices)}",
     ]
     if device_model is not None:  # with the version it speaks, or xl warns
@@ -98,10 +102,11 @@ def create(name: str, *, kind: str, memory_mb: int, files: LabFiles) -> int:
 
 
 def create_paused_hvm(name: str, *, nics: int, memory_mb: int = 128,
-                      device_model: str | None = None) -> subprocess.CompletedProcess[str]:
+                      device_model: str | None = None,
+                      after_fault: str = "destroy") -> subprocess.CompletedProcess[str]:
     """``xl create -p`` of ``hvm_config``; the result says whether QEMU started."""
     path = _write_config(name, hvm_config(name, nics=nics, memory_mb=memory_mb,
-                                          device_model=device_model))
+                                          device_model=device_model, after_fault=after_fault))
     return subprocess.run(["xl", "create", "-p", str(path)], capture_output=True, text=True)
 
 
