@@ -117,6 +117,14 @@ def _line(proc: subprocess.Popen[str], timeout: float) -> str | None:
     return line
 
 
+def _stacks(proc: subprocess.Popen[str]) -> str:
+    """Where a silent follower is: faulthandler's dump of its threads (SIGABRT)."""
+    assert proc.stderr is not None
+    proc.send_signal(signal.SIGABRT)
+    proc.wait()
+    return proc.stderr.read()
+
+
 def test_follow_prints_decoded_events(make_guest: GuestFactory, watcher: WatcherProcess,
                                       xs: Xenstore) -> None:
     """``status --follow --json`` prints one schema-valid object per protocol event: a
@@ -124,7 +132,8 @@ def test_follow_prints_decoded_events(make_guest: GuestFactory, watcher: Watcher
     domid = make_guest()
     follower = subprocess.Popen([XSPROTO, "status", "--follow", "--json"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                     "PYTHONFAULTHANDLER": "1"})
     try:
         # Ready once it decodes something: an incomplete request (no request-id, so the
         # watcher leaves it alone) is shown as a request with a problem.
@@ -138,7 +147,7 @@ def test_follow_prints_decoded_events(make_guest: GuestFactory, watcher: Watcher
         events: list[dict[str, object]] = []
         while time.monotonic() < deadline:
             line = _line(follower, deadline - time.monotonic())
-            assert line is not None, f"no granted decision among {events}"
+            assert line is not None, f"no granted decision among {events}: {_stacks(follower)}"
             event = json.loads(line)
             schema_of("follow-event").validate(event)
             events.append(event)
