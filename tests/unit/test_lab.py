@@ -156,14 +156,14 @@ def test_the_attacks_console_lines_are_read_back() -> None:
                "xsattack: write /libxl/5/extra-pages/state refused\r\n"
                "xsattack: write /local/domain/5/device-model/5/extra-pages/pages ok\n"
                "[    9.0] random: crng init done\n"
-               "xsattack: junk /local/domain/5/device-model ok=950 refused=50 seconds=3\n"
+               "xsattack: junk /local/domain/5/device-model ok=450 refused=50 seconds=3\n"
                "xsattack: rewrites rounds=9 own=9 other=9 dom0=0 seconds=4 stop=asked\n"
                "xsattack: done\n")
     log = attacker.read_log(console)
     assert log.writes == {"/libxl/5/extra-pages/state": False,
                           "/local/domain/5/device-model/5/extra-pages/pages": True}
     assert log.counts["junk /local/domain/5/device-model"] == {
-        "ok": "950", "refused": "50", "seconds": "3"}
+        "ok": "450", "refused": "50", "seconds": "3"}
     assert log.counts["rewrites"]["stop"] == "asked"
     assert log.saw("done") and log.saw("self=5 other=7") and not log.saw("flood start")
 

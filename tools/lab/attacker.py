@@ -67,11 +67,12 @@ decision /libxl/$other/extra-pages
 start=$(date +%s)
 deadline=$((start + 600))  # dom0 says stop long before
 say "flood start"
-junk() {  # junk DIR: 1000 new keys in 20 transactions of 50
+junk() {  # junk DIR: 500 new keys in 10 transactions of 50, their names long enough
+  # that a listing of DIR outgrows one xenstore message (4096 bytes)
   dir=$1 ok=0 refused=0 b=0
-  while [ $b -lt 20 ]; do
+  while [ $b -lt 10 ]; do
     set --; i=0
-    while [ $i -lt 50 ]; do set -- "$@" "$dir/junk-$b-$i" x; i=$((i + 1)); done
+    while [ $i -lt 50 ]; do set -- "$@" "$dir/junk-$b-$i-0123456789" x; i=$((i + 1)); done
     if xenstore-write "$@" 2>/dev/null; then ok=$((ok + 50)); else refused=$((refused + 50)); fi
     b=$((b + 1))
   done
