@@ -5,16 +5,22 @@ while the domain still exists, because the image is the only place it survives.
 Receiving side: the new domain's limit is its own base (what libxl just set from the
 config) plus the granted pages, republished as a restore-origin record under the new
 domain id, so the device model does not ask again and nothing is counted twice (xen-api
-issue 955 raised maxmem on every migration by adding to the current limit).
+issue 955 raised maxmem on every migration by adding to the current limit). An image is
+only a claim (its CRC detects corruption, not forgery), so the receiving host's own
+policy judges the grant first, as it would a request.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from xsproto import paths, records
-from xsproto.errors import HypervisorError, ProtocolError
+from xsproto.errors import HypervisorError, ImageError, ProtocolError
 from xsproto.grant import Grant
-from xsproto.negotiation import DomainInfo
+from xsproto.negotiation import DomainInfo, RejectCode
+from xsproto.policy import Limits, Policy
 from xsproto.records import DecisionRecord, DecisionState, Origin
+from xsproto.values import PAGES_MAX
 
 
 def check_grant(decision: DecisionRecord | None, domain: DomainInfo) -> Grant | None:
@@ -57,3 +63,49 @@ def restored(grant: Grant) -> DecisionRecord:
         granted_pages=grant.granted_pages,
         max_pages=grant.max_pages,
     )
+
+
+def rebased(carried: Grant, base_pages: int) -> Grant:
+    """The carried pages on the new domain's own base (libxl's limit for it, never the
+    source's). A record may hold up to Xen's 2^32-1 in all, so the sum is checked here."""
+    if base_pages + carried.granted_pages > PAGES_MAX:
+        raise ImageError(f"granted-pages {carried.granted_pages} on base {base_pages} "
+                         f"exceeds Xen's {PAGES_MAX}")
+    return Grant(base_pages, carried.granted_pages)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A policy rule a carried grant breaks: the code a request would be rejected with."""
+
+    code: RejectCode
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+def check_restore(grant: Grant, *, limits: Limits, policy: Policy, free_pages: int,
+                  granted_elsewhere: int) -> list[Refusal]:
+    """Every rule of the receiving host's policy that ``grant`` breaks, in the check order
+    of a request (docs/protocol.md): it raises the new domain's limit from its base by
+    ``granted_pages``, so that is the increase. No rate check: a restore is the admin's
+    act, once per domain, not a device model's request.
+
+    ``granted_elsewhere`` sums the recorded ``granted-pages`` of every other domain.
+    """
+    granted, cap = grant.granted_pages, limits.cap_pages
+    refusals = []
+    if granted > cap:
+        refusals.append(Refusal(RejectCode.OVER_DOMAIN_CAP, f"granted-pages {granted} > cap {cap}"))
+    total, budget = granted_elsewhere + granted, policy.host_budget_pages
+    if granted and total > budget:
+        refusals.append(Refusal(RejectCode.OVER_HOST_BUDGET,
+                                f"granted-pages {granted} + {granted_elsewhere} granted to "
+                                f"other domains = {total} > budget {budget}"))
+    reserve = policy.free_reserve_pages
+    if granted and granted > free_pages - reserve:
+        refusals.append(Refusal(RejectCode.OVER_HOST_BUDGET,
+                                f"granted-pages {granted} > free {free_pages} - reserve "
+                                f"{reserve}"))
+    return refusals

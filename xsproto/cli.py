@@ -79,19 +79,22 @@ def _restore(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from xsproto.agents import restore
-    return restore.run_restore(Path(a.file), a.xl_options, xenstore=a.xenstore)
+    return restore.run_restore(Path(a.file), a.xl_options, xenstore=a.xenstore,
+                               policy=a.policy, over_policy=a.over_policy)
 
 
 def _receive(a: argparse.Namespace) -> int:
     from xsproto.agents import restore
     flags = [flag for flag in RECEIVE_FLAGS if getattr(a, f"xl{flag}")]
-    return restore.run_receive(flags, xenstore=a.xenstore)
+    return restore.run_receive(flags, xenstore=a.xenstore, policy=a.policy,
+                               over_policy=a.over_policy)
 
 
 def _migrate(a: argparse.Namespace) -> int:
     from xsproto.agents import migrate
     options = migrate.XlMigrateOptions(config=a.config, no_daemon=a.no_daemon,
-                                       paused=a.paused, debug=a.debug)
+                                       paused=a.paused, debug=a.debug, policy=a.policy,
+                                       over_policy=a.over_policy)
     return migrate.run_migrate(a.domain, a.host, a.ssh, options, xenstore=a.xenstore)
 
 
@@ -170,6 +173,16 @@ def _add_negotiation(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.set_defaults(run=_status)
 
 
+def _add_admission(p: argparse.ArgumentParser, note: str = "") -> None:
+    """The receiving host's say on the grant an image carries."""
+    p.add_argument("--policy", metavar="FILE",
+                   help="policy file (JSON or TOML, as the watcher's) that the carried "
+                        "grant must fit; default: /etc/xen/xsproto.toml, or the built-in "
+                        f"defaults when it is absent{note}")
+    p.add_argument("--over-policy", action="store_true",
+                   help=f"apply a carried grant the policy refuses (logged as a warning){note}")
+
+
 def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "save", help="xl save, carrying the domain's negotiated pages in the image",
@@ -185,6 +198,7 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "restore", help="xl restore, applying the image's negotiated pages in time",
         description="Feed FILE to stock 'xl restore', raising the new domain's limit by the "
                     "negotiated pages before the memory stream starts.")
+    _add_admission(p)
     p.add_argument("file", help="image written by xl save or xsproto save")
     p.add_argument("xl_options", nargs=argparse.REMAINDER, metavar="XL_RESTORE_OPTIONS",
                    help="flags passed to xl restore (e.g. -p, -e, -d)")
@@ -205,6 +219,7 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("-p", dest="paused", action="store_true",
                    help="leave the domain paused on HOST after migration")
     p.add_argument("--debug", action="store_true", help="xl's verification pass")
+    _add_admission(p, ' (for HOST\'s receiving end; with -s "", put it in that command)')
     p.add_argument("domain", help="domain name or id")
     p.add_argument("host", help="destination host (or receiving command, with -s \"\")")
     p.set_defaults(run=_migrate)
@@ -224,6 +239,7 @@ def _add_images(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                     "in time; xl's replies go to stdout untouched.")
     for flag, what in RECEIVE_FLAGS.items():
         p.add_argument(flag, dest=f"xl{flag}", action="store_true", help=f"xl's {flag}: {what}")
+    _add_admission(p)
     p.set_defaults(run=_receive)
 
     p = sub.add_parser("inspect-image", help="show an image's header, record and records",
@@ -253,7 +269,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_negotiation(sub)
     _add_images(sub)
+    _add_host(sub)
     return parser
+
+
+def _install_host(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from xsproto.agents import install_host
+    return install_host.run(Path(a.root), uninstall=a.uninstall, as_json=a.json)
+
+
+def _add_host(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "install-host", help="set this Xen host up: service, policy, xendomains, docs",
+        description="Install the watcher's systemd unit (enabled), the default policy "
+                    "/etc/xen/xsproto.toml (never over an existing one), the xendomains "
+                    "integration that keeps grants across host reboots, bash completion "
+                    "and man pages. Idempotent; prints one line per file.")
+    p.add_argument("--root", metavar="DIR", default="/",
+                   help="install under DIR, as on a host mounted there (default: /)")
+    p.add_argument("--uninstall", action="store_true",
+                   help="remove what install-host installed (an edited policy is kept)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(run=_install_host, logs=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

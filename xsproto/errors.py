@@ -7,7 +7,11 @@ value and where it came from (a xenstore path, a domain id, an image offset).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class XsprotoError(Exception):
@@ -65,6 +69,24 @@ class ImageError(XsprotoError):
         super().__init__(f"at byte {offset}: {message}" if offset is not None else message)
 
 
+class GrantRefused(XsprotoError):
+    """The receiving host's policy refuses the grant an image carries; ``codes`` are the
+    rules it breaks, as a request's rejection codes (``over-domain-cap``, ...)."""
+
+    def __init__(self, message: str, *, codes: Sequence[str]) -> None:
+        self.codes = tuple(codes)
+        super().__init__(message)
+
+
+class ImageKept(XsprotoError):
+    """A save's image could not be put in place after xl succeeded (so the domain is gone):
+    it is kept, whole or as far as it was checked, at ``path``."""
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        self.path = path
+        super().__init__(f"{message}; the image is kept at {path}")
+
+
 @contextlib.contextmanager
 def image_errors_from(where: object) -> Iterator[None]:
     """Prefix image errors with the file or stream they come from (the offset is kept)."""
@@ -74,3 +96,11 @@ def image_errors_from(where: object) -> Iterator[None]:
         named = ImageError(f"{where}: {e}")
         named.offset = e.offset
         raise named from e
+
+
+class InstallError(XsprotoError):
+    """Setting the host up (or undoing it) failed at ``path``."""
+
+    def __init__(self, message: str, *, path: object) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: {message}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -24,11 +25,13 @@ import pytest
 from tests.lab.conftest import GuestFactory, WatcherProcess
 from tools.lab import devicemodel
 from xsproto import paths
+from xsproto.adapters import xenstore_records
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
 from xsproto.records import DecisionRecord, DecisionState, Origin
 from xsproto.stream import find_record, read_header
-from xsproto.stream.image_record import RECORD_MAGIC
+from xsproto.stream.image_record import encode_record
+from xsproto.values import PAGES_MAX
 
 pytestmark = pytest.mark.lab
 
@@ -180,55 +183,208 @@ def _variant(src: Path, dst: Path, *, header: bytes | None = None, cut: int | No
                 left -= len(chunk)
 
 
-def _reframed(extra: bytes, *, version: int | None = None, crc_delta: int = 0,
-              payload: bytes | None = None) -> bytes:
-    """The optional data with its xsproto record rebuilt (other version, bad CRC, payload)."""
-    start = extra.index(RECORD_MAGIC)
-    _, old_version, length = struct.unpack_from("<8sII", extra, start)
-    body = extra[start + 16:start + 16 + length] if payload is None else payload
-    framed = struct.pack("<8sII", RECORD_MAGIC, version or old_version, len(body)) + body
-    return extra[:start] + framed + struct.pack("<I", (zlib.crc32(framed) + crc_delta) % 2**32)
+def _reversioned(framed: bytes, version: int) -> bytes:
+    """A framed xsproto record claiming another version, its CRC recomputed."""
+    body = framed[:8] + struct.pack("<I", version) + framed[12:-4]
+    return body + struct.pack("<I", zlib.crc32(body))
 
 
-def test_xsproto_images_are_stock_images_and_bad_images_are_refused(
-        make_guest: GuestFactory, scratch: Path) -> None:
+def test_xsproto_images_are_stock_images(make_guest: GuestFactory, scratch: Path) -> None:
     name = "stockable"
     domid = make_guest(name, kind="pvh")
     grant(domid, populate=False)  # granted but unused: stock xl can restore it
     image = scratch / "guest.img"
     assert xsproto("save", name, str(image)).returncode == 0
-
-    with image.open("rb") as f:
-        header, raw = read_header(f)
-    extra = header.extra_optional_data
-    record = find_record(header)
-    assert record is not None
-    other = json.dumps(replace(record, domain_name="someone-else").to_json()).encode()
-    bad = scratch / "bad.img"
-    size = image.stat().st_size
-    cases = {
-        "truncated": ({"cut": size * 2 // 3}, "truncated"),
-        "wrong magic": ({"header": b"Y" + raw[1:]}, "not an xl save image: bad magic"),
-        "checksum": ({"header": header.with_extra_optional_data(
-            _reframed(extra, crc_delta=1)).to_bytes()}, "checksum mismatch"),
-        "version": ({"header": header.with_extra_optional_data(
-            _reframed(extra, version=2)).to_bytes()}, "unknown xsproto record version 2"),
-        "other domain": ({"header": header.with_extra_optional_data(
-            _reframed(extra, payload=other)).to_bytes()}, "record for a different domain"),
-    }
-    domids = set(Hypervisor().domids())
-    for case, (change, message) in cases.items():
-        _variant(image, bad, **change)  # type: ignore[arg-type]
-        result = xsproto("restore", str(bad))
-        assert result.returncode == 1, case
-        assert message in result.stderr, (case, result.stderr)
-        assert "at byte" in result.stderr or case == "other domain", (case, result.stderr)
-        assert set(Hypervisor().domids()) == domids, case
-        bad.unlink()
-
     stock = xl("restore", str(image), check=False)
     assert stock.returncode == 0, stock.stderr
     assert_running(name)
+
+
+def recorded() -> dict[int, DecisionRecord]:
+    """Every decision record in xenstore, by domain."""
+    with Xenstore() as xs:
+        domids = xenstore_records.domids_under(xs, paths.DECISION_ROOT)
+        found = {d: xenstore_records.read_decision(xs, d) for d in domids}
+    return {d: r for d, r in found.items() if r is not None}
+
+
+def test_crafted_images_are_refused_and_leave_nothing(make_guest: GuestFactory,
+                                                      scratch: Path) -> None:
+    """Issue 7: a record rewritten with its CRC recomputed restored whatever it said. The
+    receiving host's policy decides (exit 3); a corrupt or misplaced record is a bad image
+    (exit 1). Either way, no domain, no record and no file are left behind."""
+    name = "crafted"
+    domid = make_guest(name)
+    grant(domid, populate=False)
+    neighbour = make_guest("neighbour")
+    grant(neighbour, 2000, populate=False)
+    image = scratch / "guest.img"
+    saved = xsproto("save", name, str(image))
+    assert saved.returncode == 0, saved.stderr
+    with image.open("rb") as f:
+        header, raw = read_header(f)
+    record = find_record(header)
+    assert record is not None and record.granted_pages == EXTRA
+
+    def framed(**change: object) -> bytes:
+        return encode_record(replace(record, **change))  # type: ignore[arg-type]
+
+    def carrying(extra: bytes) -> bytes:
+        return header.with_extra_optional_data(extra).to_bytes()
+
+    over_cap = framed(granted_pages=9999, max_pages=record.base_pages + 9999)
+    budget = scratch / "budget.json"
+    budget.write_text(json.dumps({"host_budget_pages": 4000}))
+    cases: dict[str, tuple[bytes | None, int | None, list[str], int, str]] = {
+        "over cap": (carrying(over_cap), None, [], 3,
+                     "over-domain-cap: granted-pages 9999 > cap 8192"),
+        "over budget": (carrying(framed()), None, ["--policy", str(budget)], 3,
+                        "over-host-budget: granted-pages 2048 + 2000 granted to other domains "
+                        "= 4048 > budget 4000"),
+        "bad checksum": (carrying(over_cap[:-4] + bytes(b ^ 0xFF for b in over_cap[-4:])),
+                         None, [], 1, "checksum mismatch"),
+        "other domain": (carrying(framed(domain_name="someone-else")), None, [], 1,
+                         "record for a different domain: record names 'someone-else'"),
+        "two records": (carrying(framed() + framed()), None, [], 1,
+                        "2 xsproto records in one xl header"),
+        "past Xen's range": (carrying(framed(base_pages=10, granted_pages=PAGES_MAX - 10,
+                                             max_pages=PAGES_MAX)), None, ["--over-policy"], 1,
+                             f"granted-pages {PAGES_MAX - 10} on base {record.base_pages} "
+                             f"exceeds Xen's {PAGES_MAX}"),
+        "version": (carrying(_reversioned(framed(), 2)), None, [], 1,
+                    "unknown xsproto record version 2"),
+        "wrong magic": (b"Y" + raw[1:], None, [], 1, "not an xl save image: bad magic"),
+        "truncated": (None, image.stat().st_size * 2 // 3, [], 1, "truncated"),
+    }
+    domids, records = set(Hypervisor().domids()), recorded()
+    bad = scratch / "bad.img"
+    for case, (crafted, cut, options, status, message) in cases.items():
+        _variant(image, bad, header=crafted, cut=cut)
+        result = xsproto("restore", *options, str(bad))
+        assert (result.returncode, case) == (status, case), result.stderr
+        last = result.stderr.splitlines()[-1]
+        assert last.startswith(f"xsproto: {bad}: "), (case, result.stderr)
+        assert message in last, (case, result.stderr)
+        assert domid_named(name) is None, case
+        assert set(Hypervisor().domids()) == domids, case
+        assert recorded() == records, case
+        assert sorted(scratch.iterdir()) == [bad, budget, image], case
+        bad.unlink()
+
+    # The admin may override the policy: logged, and the grant restored as carried.
+    _variant(image, bad, header=carrying(over_cap))
+    forced = xsproto("restore", "--over-policy", str(bad))
+    assert forced.returncode == 0, forced.stderr
+    assert "WARNING xsproto.restore over-policy" in forced.stderr
+    assert "over-domain-cap: granted-pages 9999 > cap 8192" in forced.stderr
+    new = assert_running(name)
+    assert Hypervisor().domain(new).max_pages == record.base_pages + 9999
+    restored = decision(new)
+    assert restored is not None and restored.granted_pages == 9999
+
+
+def test_a_migration_the_receiving_policy_refuses_leaves_the_source_running(
+        make_guest: GuestFactory, scratch: Path) -> None:
+    name = "unwelcome"
+    domid = make_guest(name)
+    source_max = grant(domid, populate=False)
+    policy = scratch / "small.json"
+    policy.write_text(json.dumps({"domain_cap_pages": 1000}))
+    moved = xsproto("migrate", "-s", "", name, f"{RECEIVER} --policy {policy}")
+    assert moved.returncode != 0
+    assert (f"xsproto: migration stream: domain '{name}' (new domain "
+            in moved.stderr), moved.stderr
+    assert "over-domain-cap: granted-pages 2048 > cap 1000" in moved.stderr
+    assert domid_named(name + "--incoming") is None
+    assert assert_running(name) == domid
+    assert Hypervisor().domain(domid).max_pages == source_max
+    assert frozen(domid) is None
+
+    forced = xsproto("migrate", "-s", "", name, f"{RECEIVER} --policy {policy} --over-policy")
+    assert forced.returncode == 0, forced.stderr
+    assert "over-policy" in forced.stderr
+    assert_grant_restored(assert_running(name), source_max)
+
+
+def frozen(domid: int) -> bytes | None:
+    with Xenstore() as xs:
+        return xs.read(paths.freeze_path(domid))
+
+
+def test_save_refuses_a_target_it_cannot_write_and_the_domain_runs_on(
+        make_guest: GuestFactory, scratch: Path) -> None:
+    """A plain xl save destroys the domain once it wrote the image: where the image
+    could not be put in place, both would be lost. Nothing is suspended."""
+    name = "unsaved"
+    domid = make_guest(name)
+    source_max = grant(domid, populate=False)
+    (scratch / "dir").mkdir()
+    readonly = scratch / "readonly"
+    readonly.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)],
+                   check=True)
+    try:
+        for target, message in [(scratch / "dir", "is a directory"),
+                                (scratch / "missing" / "img", "No such file or directory"),
+                                (readonly / "img", "Read-only file system")]:
+            result = xsproto("save", name, str(target))
+            assert result.returncode == 1, result.stderr
+            assert result.stderr.splitlines()[-1] == (
+                f"xsproto: {target}: " + ("is a directory; name the image file to write"
+                                          if target.name == "dir" else
+                                          f"cannot write the image: {message}"))
+            assert assert_running(name) == domid
+            assert Hypervisor().domain(domid).max_pages == source_max
+            assert frozen(domid) is None
+        assert sorted(p.name for p in scratch.rglob("*")) == ["dir", "readonly"]
+    finally:
+        subprocess.run(["umount", str(readonly)], check=True)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid``."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat_file.parent.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_save_killed_midway_leaves_no_readable_guest_memory(
+        make_guest: GuestFactory, scratch: Path) -> None:
+    name = "killed"
+    domid = make_guest(name)
+    grant(domid, populate=False)
+    target = scratch / "guest.img"
+    saver = subprocess.Popen([sys.executable, "-m", "xsproto", "save", name, str(target)],
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not [p for p in scratch.glob("guest.img.tmp-*") if p.stat().st_size > 16 << 20]:
+        assert saver.poll() is None and time.monotonic() < deadline, "no save in progress"
+        time.sleep(0.02)
+    assert frozen(domid) == f"pid {saver.pid} save".encode()  # negotiation is frozen
+    xl_save = _children(saver.pid)
+    saver.kill()
+    saver.wait()
+    while not all(_gone(pid) for pid in xl_save):  # xl sees EPIPE and resumes the domain
+        assert time.monotonic() < deadline, "xl save still running"
+        time.sleep(0.1)
+    [temporary] = scratch.iterdir()
+    assert temporary.name.startswith("guest.img.tmp-")
+    assert stat.S_IMODE(temporary.stat().st_mode) == 0o600
+    assert assert_running(name) == domid
+    assert frozen(domid) == f"pid {saver.pid} save".encode()  # stale: it names a dead process
 
 
 def test_images_without_a_record_restore_as_stock(make_guest: GuestFactory,

@@ -107,8 +107,10 @@ def test_cli_exit_statuses(make_guest: GuestFactory, start_watcher: Callable[...
     assert max_pages(hv, domid) == base + N
     shown = subprocess.run([XSPROTO, "status", "--domid", str(domid), "--json"],
                            capture_output=True, text=True, check=True)
-    (row,) = json.loads(shown.stdout)
-    assert row["consistent"] and row["granted_pages"] == N
+    document = json.loads(shown.stdout)
+    assert document["format"] == 1 and document["watcher"]["alive"]
+    (row,) = document["domains"]
+    assert not row["drift"] and not row["pending"] and row["granted_pages"] == N
     assert row["xen_max_pages"] == row["recorded_max_pages"] == base + N
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shlex
 import stat
 import subprocess
@@ -174,3 +175,35 @@ def test_the_attacks_console_lines_are_read_back() -> None:
     (["b0", "r5"], 5, False), (["r0", "w6"], 5, False)])
 def test_who_may_write_a_node(perms: list[str], domid: int, writable: bool) -> None:
     assert attacker.may_write(perms, domid) is writable
+
+
+def test_hidden_in_dom0_are_the_mounts_dom0_stage2_makes() -> None:
+    script = qemu.STAGE2.read_text()
+    points = set(re.findall(r"mount -t \S+ (?:-o \S+ )?\S+ (/\S*)", script))
+    (looped,) = re.findall(r"for d in ([^;]+); do mount", script)
+    points |= set(looped.split())
+    outermost = {p for p in points if not any(p != q and p.startswith(q + "/") for q in points)}
+    assert outermost == set(qemu.HIDDEN_IN_DOM0)
+
+
+@pytest.mark.parametrize(("path", "mount"), [("/tmp/clone", "/tmp"), ("/var/lib/x", "/var/lib"),
+                                             ("/var/libx", None), ("/work/x", None)])
+def test_hidden_in_dom0(path: str, mount: str | None) -> None:
+    assert qemu.hidden_in_dom0(Path(path)) == mount
+
+
+def test_run_refuses_up_front_in_a_directory_dom0_cannot_see(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def no_fetch(*args: object) -> None:
+        raise AssertionError("xenlab fetched before refusing")
+
+    monkeypatch.setattr(fetch, "fetch", no_fetch)
+    monkeypatch.chdir(tmp_path)  # pytest's tmp_path is under /tmp, like a clone there
+    assert cli.main(["run", "--", "true"]) == 2
+    err = capsys.readouterr().err
+    assert f"the working directory {tmp_path} is under /tmp" in err
+    assert "Put the project elsewhere" in err
+    # bootstrap's first lab step refuses too, before any download, for a cache dom0 can't see
+    assert cli.main(["--cache", str(tmp_path / "cache"), "fetch"]) == 2
+    assert f"the lab's cache {tmp_path / 'cache'} is under /tmp" in capsys.readouterr().err

@@ -60,10 +60,24 @@ def _stop_on_signals() -> None:
         signal.signal(sig, _interrupt)
 
 
+def hidden_from_dom0(places: dict[str, Path]) -> str | None:
+    """Why dom0 could not see one of ``places`` (None: it sees them all). Refused up front,
+    before minutes of downloads or a boot end in "No such file or directory"."""
+    for what, path in places.items():
+        if mount := qemu.hidden_in_dom0(path):
+            return (f"xenlab: {what} {path} is under {mount}, which dom0 mounts a file "
+                    f"system of its own on: the lab could not find it there. Put the project "
+                    f"elsewhere (e.g. under /root or /srv) and run it from there.")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _stop_on_signals()
     args = build_parser().parse_args(argv)
     if args.verb == "fetch":
+        if why := hidden_from_dom0({"the checkout": fetch.REPO, "the lab's cache": args.cache}):
+            print(why, file=sys.stderr)
+            return 2
         fetch.fetch(args.cache, force=args.force)
         return 0
     if args.verb == "run":
@@ -75,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
         print("xenlab: run needs a command: xenlab run -- CMD [ARGS...]", file=sys.stderr)
+        return 2
+    if why := hidden_from_dom0({"the working directory": Path.cwd(), "the checkout": fetch.REPO,
+                                "the lab's cache": args.cache}):
+        print(why, file=sys.stderr)
         return 2
     if not fetch.is_fresh(args.cache) or fetch.missing_host_packages():
         fetch.fetch(args.cache)

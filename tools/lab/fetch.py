@@ -30,6 +30,9 @@ HOST_PACKAGES = {
     "xen-utils-4.17": "/usr/lib/xen-4.17/bin/xl",
     "xenstore-utils": "/usr/bin/xenstore-read",
     "kmod": "/usr/bin/kmod",  # depmod and modprobe resolve dom0's module order
+    # /etc/init.d/xendomains sources it (tests of the host's reboot integration); Debian 12
+    # has it (essential), but a probe costs nothing and a base system may change
+    "sysvinit-utils": "/lib/lsb/init-functions",
 }
 #: Debian packages only unpacked into the cache: they are booted, not run on the host.
 HYPERVISOR_PACKAGE = "xen-hypervisor-4.17-amd64"

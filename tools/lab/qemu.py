@@ -31,6 +31,8 @@ ENV_DENYLIST = frozenset({"PWD", "OLDPWD", "SHLVL", "_", "TMPDIR", "DISPLAY", "T
                           # dom0 writes to a tmpfs overlay: let Python cache bytecode there,
                           # or every process compiles every module on the emulated CPU
                           "PYTHONDONTWRITEBYTECODE"})
+#: Where dom0 mounts a file system of its own (dom0-stage2), hiding the host's files there.
+HIDDEN_IN_DOM0 = ("/dev", "/proc", "/sys", "/run", "/tmp", "/var/lib", "/var/log", "/var/tmp")
 CONSOLE_TAIL_LINES = 60
 PR_SET_PDEATHSIG = 1
 
@@ -82,6 +84,15 @@ def command_script(argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> str
               if k not in ENV_DENYLIST and k.isidentifier()]
     lines += [f"cd {shlex.quote(cwd)} || exit 125", f"exec {shlex.join(argv)}"]
     return "\n".join(lines) + "\n"
+
+
+def hidden_in_dom0(path: Path) -> str | None:
+    """The mount of dom0's own that hides ``path`` from it (None: dom0 sees the host's)."""
+    resolved = path.resolve()
+    for mount in HIDDEN_IN_DOM0:
+        if resolved.is_relative_to(mount):
+            return mount
+    return None
 
 
 def _die_with_parent() -> None:

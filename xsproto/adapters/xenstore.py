@@ -24,7 +24,7 @@ import pyxs
 from pyxs.connection import UnixSocketConnection, XenBusConnection
 from pyxs.exceptions import PyXSError
 
-from xsproto.errors import TransactionConflict, XenstoreError
+from xsproto.errors import ProtocolError, TransactionConflict, XenstoreError
 
 T = TypeVar("T")
 
@@ -115,6 +115,7 @@ class Xenstore:
         self._router = pyxs.Router(connection)
         self._client: Any = pyxs.Client(router=self._router)
         self._tx: Any = None  # the open transaction's client, while ``transact`` runs
+        self._tx_wrote = False  # whether it wrote anything (then an error rolls it back)
         self._monitor: Any = None
         self.where = path or "default xenstored socket"
 
@@ -169,23 +170,6 @@ class Xenstore:
                 out[name] = value
         return out
 
-    def read_keys(self, path: str, keys: Iterable[str]) -> dict[str, bytes]:
-        """The values of ``path``'s children named ``keys`` (missing ones left out): a
-        record is read by its own keys, whatever else a peer put beside them.
-
-        The directory is listed first, and only the keys it holds are read. In a
-        transaction that matters: C xenstored reads a node live the first time and
-        tracks only nodes that exist, so keys read while absent and written by another
-        commit before ours would give a torn record; the listing ties the directory
-        itself to the transaction, and a commit adding keys to it makes ours conflict.
-        (Seen in the lab: a record missing version, state, origin and request-id.)"""
-        present = set(self.children(path))
-        out = {}
-        for key in keys:
-            if key in present and (value := self.read(f"{path}/{key}")) is not None:
-                out[key] = value
-        return out
-
     def perms(self, path: str) -> list[str] | None:
         """The node's permissions (``n0``, ``r3``, ...; the first names the owner); None
         if absent."""
@@ -200,6 +184,7 @@ class Xenstore:
 
     def write(self, path: str, value: bytes) -> None:
         client = self._active
+        self._tx_wrote = True
         if value:
             self._call(path, lambda: client.write(_b(path), value))
         else:
@@ -207,12 +192,14 @@ class Xenstore:
 
     def set_perms(self, path: str, perms: Iterable[str]) -> None:
         client = self._active
+        self._tx_wrote = True
         encoded = [_b(p) for p in perms]
         self._call(path, lambda: client.set_perms(_b(path), encoded))
 
     def remove(self, path: str) -> None:
         """Remove ``path`` and everything below it; absent is fine."""
         client = self._active
+        self._tx_wrote = True
         self._call(path, lambda: client.delete(_b(path)))
 
     def write_dir(self, path: str, nodes: Mapping[str, bytes],
@@ -249,9 +236,21 @@ class Xenstore:
         # transaction that ends badly cannot leave its id behind for what comes next.
         tx = pyxs.Client(router=self._router)
         self._call("(transaction start)", tx.transaction)
-        self._tx = tx
+        self._tx, self._tx_wrote = tx, False
         try:
             result = fn(self)
+        except ProtocolError:
+            self._tx = None
+            if self._tx_wrote:
+                with contextlib.suppress(PyXSError):
+                    tx.rollback()
+                raise
+            # What fn found wrong may be a torn view (C xenstored reads live: a commit
+            # between two reads shows half of it); a read-only transaction's commit
+            # tells: a conflict means run it again, success means the error stands.
+            if not self._commit(tx):
+                raise _Retry from None
+            raise
         except BaseException:
             self._tx = None
             # If this fails, the transaction is gone already (or the connection is); the
@@ -260,13 +259,18 @@ class Xenstore:
                 tx.rollback()
             raise
         self._tx = None
-        try:
-            committed = tx.commit()
-        except PyXSError as e:
-            raise XenstoreError(f"transaction commit failed: {e}") from e
-        if not committed:
+        if not self._commit(tx):
             raise _Retry
         return result
+
+    @staticmethod
+    def _commit(tx: Any) -> bool:
+        """End a transaction; False when xenstored says it conflicted (EAGAIN)."""
+        try:
+            committed: bool = tx.commit()
+        except PyXSError as e:
+            raise XenstoreError(f"transaction commit failed: {e}") from e
+        return committed
 
     # Watches.
 

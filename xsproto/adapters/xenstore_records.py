@@ -6,6 +6,8 @@ parsed, and the device model's domain is trusted, in exactly one way.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from xsproto import paths, records
 from xsproto.errors import ProtocolError
 from xsproto.io import XenstoreIO
@@ -13,11 +15,29 @@ from xsproto.records import DecisionRecord
 from xsproto.values import parse_domid, parse_pages
 
 
+def read_keys(xs: XenstoreIO, path: str, keys: Iterable[str]) -> dict[str, bytes]:
+    """The values of ``path``'s children named ``keys`` (missing ones left out): a
+    record is read by its own keys, whatever else a peer put beside them.
+
+    The directory is listed first, and only the keys it holds are read. In a transaction
+    that matters: C xenstored reads a node live the first time and tracks only nodes that
+    exist, so keys read while absent and written by another commit before ours would give
+    a torn record; the listing ties the directory itself to the transaction, and a commit
+    adding keys to it makes ours conflict. (Seen in the lab: a record missing version,
+    state, origin and request-id.)"""
+    present = set(xs.children(path))
+    out = {}
+    for key in keys:
+        if key in present and (value := xs.read(f"{path}/{key}")) is not None:
+            out[key] = value
+    return out
+
+
 def decision_in(t: XenstoreIO, domid: int) -> tuple[dict[str, bytes], DecisionRecord | None]:
     """The decision directory's raw nodes and the record they hold (None when empty), read
     within the caller's transaction ``t``."""
     where = paths.decision_dir(domid)
-    nodes = t.read_keys(where, records.DECISION_KEYS)
+    nodes = read_keys(t, where, records.DECISION_KEYS)
     return nodes, DecisionRecord.from_nodes(nodes, where=where) if nodes else None
 
 
@@ -34,7 +54,7 @@ def request_in(t: XenstoreIO, dm_domid: int, domid: int) -> tuple[dict[str, byte
     (-1 when absent), read within the caller's transaction ``t``."""
     where = paths.request_dir(dm_domid, domid)
     owner = t.owner(f"{where}/{records.REQUEST_ID}")
-    return t.read_keys(where, records.REQUEST_KEYS), -1 if owner is None else owner
+    return read_keys(t, where, records.REQUEST_KEYS), -1 if owner is None else owner
 
 
 def read_request(xs: XenstoreIO, dm_domid: int, domid: int) -> tuple[dict[str, bytes], int]:
@@ -113,7 +133,7 @@ def limit_in_force(xs: XenstoreIO, domid: int) -> int | None:
     transaction: a quick look for a periodic check (a torn or odd read gives a wrong
     answer or None, and the caller then reads the record properly)."""
     where = paths.decision_dir(domid)
-    nodes = xs.read_keys(where, (records.BASE_PAGES, records.GRANTED_PAGES))
+    nodes = read_keys(xs, where, (records.BASE_PAGES, records.GRANTED_PAGES))
     try:
         return sum(parse_pages(nodes[key], path=f"{where}/{key}")
                    for key in (records.BASE_PAGES, records.GRANTED_PAGES))

@@ -19,7 +19,7 @@ from xsproto import logs
 from xsproto.adapters import xl
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.agents.image_grants import read_grant
+from xsproto.agents.image_grants import frozen_grant
 from xsproto.errors import image_errors_from
 from xsproto.exitcodes import Exit
 from xsproto.grant import Grant
@@ -37,6 +37,9 @@ class XlMigrateOptions:
     no_daemon: bool = False
     paused: bool = False
     debug: bool = False
+    policy: str | None = None
+    """The receiving host's policy file, on that host."""
+    over_policy: bool = False
 
     def xl_argv(self) -> list[str]:
         options: list[str] = ["-C", self.config] if self.config else []
@@ -49,6 +52,8 @@ class XlMigrateOptions:
             return host
         flags = [f for f, on in (("-e", self.no_daemon), ("-p", self.paused),
                                  ("-d", self.debug)) if on]
+        flags += ["--policy", self.policy] if self.policy else []
+        flags += ["--over-policy"] if self.over_policy else []
         return (f"exec {ssh} {shlex.quote(host)} xsproto migrate-receive "
                 f"{shlex.join(flags)}").rstrip()
 
@@ -65,13 +70,12 @@ def run_migrate(domain: str, host: str, ssh: str, options: XlMigrateOptions, *,
                 xenstore: str | None) -> int:
     """``xsproto migrate [-s SSHCMD] [xl options] DOMAIN HOST``."""
     domid = xl.domid_of(domain)
-    with Xenstore(xenstore) as xs:
-        grant = read_grant(xs, Hypervisor(), domid)
     receiver = options.receiver_command(ssh, host)
-    transport = transport_command(receiver, grant, domid)
-    logs.event(log, "migrate", domid=domid, receiver=receiver,
-               granted_pages=grant.granted_pages if grant else 0)
-    xl.run("migrate", ["-s", "", *options.xl_argv(), str(domid), transport])
+    with Xenstore(xenstore) as xs, frozen_grant(xs, Hypervisor(), domid, "migrate") as grant:
+        transport = transport_command(receiver, grant, domid)
+        logs.event(log, "migrate", domid=domid, receiver=receiver,
+                   granted_pages=grant.granted_pages if grant else 0)
+        xl.run("migrate", ["-s", "", *options.xl_argv(), str(domid), transport])
     return Exit.OK
 
 

@@ -3,8 +3,10 @@
 libxl sets a new domain's limit from the config alone (target + 1 MiB, in
 libxl__build_pre) and only then starts reading the libxl stream; xl itself reads just
 the xl header first. So the feeder passes the xl header, holds the rest until the new
-domain exists with libxl's limit set, raises that limit by the negotiated pages and
-republishes the grant, and only then lets the libxc stream (and its pages) through.
+domain exists with libxl's limit set, has this host's policy judge the carried grant
+(over policy, the restore fails there, before any page flows, unless the admin
+overrides it), raises that limit by the negotiated pages and republishes the grant, and
+only then lets the libxc stream (and its pages) through.
 """
 
 from __future__ import annotations
@@ -19,14 +21,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xsproto import logs
+from xsproto import carrying, logs, paths
 from xsproto.adapters import xenstore_records, xl
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.agents.image_grants import apply_grant
-from xsproto.errors import HypervisorError, ImageError, XsprotoError, image_errors_from
+from xsproto.agents.image_grants import apply_grant, restore_refusals
+from xsproto.errors import (
+    GrantRefused,
+    HypervisorError,
+    ImageError,
+    XsprotoError,
+    image_errors_from,
+)
 from xsproto.exitcodes import Exit
 from xsproto.grant import Grant
+from xsproto.policy import Policy
 from xsproto.stream.reader import Readable, write_all
 from xsproto.stream.relay import relay_body
 from xsproto.stream.walk import ImageHead, read_head
@@ -38,38 +47,58 @@ HOLD_TIMEOUT = 60.0
 POLL_INTERVAL = 0.01
 STDIN_PATH = "/proc/self/fd/0"
 """How xl restore opens the pipe we feed (dom0 may have no /dev/stdin)."""
+MIGRATION_STREAM = "migration stream"
+"""How errors name the image migrate-receive reads."""
 
 
-def run_restore(file: Path, xl_options: list[str], *, xenstore: str | None) -> int:
-    """``xsproto restore FILE [xl restore flags]``."""
+def run_restore(file: Path, xl_options: list[str], *, xenstore: str | None,
+                policy: str | None = None, over_policy: bool = False) -> int:
+    """``xsproto restore [--policy FILE] [--over-policy] FILE [xl restore flags]``."""
     try:
         flags, _ = xl.split_options(xl_options, verb="restore")
     except xl.UsageError as e:
         print(f"xsproto restore: {e}", file=sys.stderr)
         return Exit.USAGE
+    admission = Admission.of(policy, over_policy=over_policy)
     try:
         src = open(file, "rb")  # noqa: SIM115 (closed below, after the feed)
     except OSError as e:
         raise XsprotoError(f"{file}: cannot open: {e.strerror or e}") from e
-    with src, image_errors_from(file):
-        head = read_head(src)  # a bad header fails here, before xl creates anything
-        result = restore_with(src, Receiver("restore", [*flags, STDIN_PATH], incoming=False),
-                              head=head, xenstore=xenstore, total=_size(src.fileno()))
+    try:
+        with src, image_errors_from(file):
+            head = read_head(src)  # a bad header fails here, before xl creates anything
+            result = restore_with(src, Receiver("restore", [*flags, STDIN_PATH], incoming=False),
+                                  admission, head=head, xenstore=xenstore,
+                                  total=_size(src.fileno()))
+    except GrantRefused as e:
+        return _refused(file, e)
     logs.event(log, "restored", path=str(file), domid=result.domid,
                granted_pages=result.granted_pages, max_pages=result.max_pages)
     return Exit.OK
 
 
-def run_receive(flags: list[str], *, xenstore: str | None) -> int:
-    """``xsproto migrate-receive [-e] [-p] [-d]``: the stream is stdin."""
+def run_receive(flags: list[str], *, xenstore: str | None, policy: str | None = None,
+                over_policy: bool = False) -> int:
+    """``xsproto migrate-receive [-e] [-p] [-d] [--policy FILE] [--over-policy]``: the
+    stream is stdin."""
+    admission = Admission.of(policy, over_policy=over_policy)
     # xl sends its banner first and the sender waits for it: start xl, then read.
-    with image_errors_from("migration stream"):
-        result = restore_with(sys.stdin.buffer,
-                              Receiver("migrate-receive", flags, incoming=True),
-                              head=None, xenstore=xenstore)
+    try:
+        with image_errors_from(MIGRATION_STREAM):
+            result = restore_with(sys.stdin.buffer,
+                                  Receiver("migrate-receive", flags, incoming=True),
+                                  admission, head=None, xenstore=xenstore)
+    except GrantRefused as e:
+        return _refused(MIGRATION_STREAM, e)
     logs.event(log, "received", domid=result.domid, granted_pages=result.granted_pages,
                max_pages=result.max_pages)
     return Exit.OK
+
+
+def _refused(image: object, e: GrantRefused) -> int:
+    """Report a grant this host refused, naming the image; the status says rejected."""
+    print(f"xsproto: {image}: {e}", file=sys.stderr)
+    return Exit.REJECTED
 
 
 def _size(fd: int) -> int | None:
@@ -91,6 +120,21 @@ class Receiver:
 
 
 @dataclass(frozen=True)
+class Admission:
+    """Whether this host takes the grant an image carries: its own policy decides, as for
+    a request, unless the admin overrides it (``--over-policy``, logged)."""
+
+    policy: Policy = field(default_factory=Policy)
+    over_policy: bool = False
+
+    @classmethod
+    def of(cls, policy_file: str | None, *, over_policy: bool) -> Admission:
+        """From the command line: the policy file named, else the host's (as the
+        watcher's), else the built-in defaults."""
+        return cls(Policy.load_host(policy_file), over_policy)
+
+
+@dataclass(frozen=True)
 class Restored:
     """The outcome: the new domain's id and limit when a grant was applied."""
 
@@ -99,14 +143,15 @@ class Restored:
     max_pages: int | None
 
 
-def restore_with(src: Readable, receiver: Receiver, *, head: ImageHead | None,
-                 xenstore: str | None, total: int | None = None) -> Restored:
+def restore_with(src: Readable, receiver: Receiver, admission: Admission, *,
+                 head: ImageHead | None, xenstore: str | None,
+                 total: int | None = None) -> Restored:
     """Feed an image to ``xl VERB``; on any failure destroy what xl may have left."""
     hv = Hypervisor()
     with Xenstore(xenstore) as xs:
         before = set(hv.domids())
         proc = xl.start(receiver.verb, receiver.args, feed=True)
-        restoring = Restoring(proc, receiver, hv, xs, before)
+        restoring = Restoring(proc, receiver, hv, xs, before, admission)
         assert proc.stdin is not None  # feed=True
         try:
             try:
@@ -136,6 +181,7 @@ class Restoring:
     xs: Xenstore
     before: set[int]
     """Domains that existed before xl started: never ours to destroy."""
+    admission: Admission
     names: set[str] = field(default_factory=set)
     """Names the new domain may have: what a failed restore leaves is found by them."""
 
@@ -153,12 +199,29 @@ class Restoring:
             if config_name is None:
                 raise ImageError("image carries negotiated pages but no domain config")
             domid, base = self.await_new_domain(self.receiver.domain_name(config_name))
-            applied = apply_grant(self.xs, self.hv, domid,
-                                  Grant(base, record.grant.granted_pages))
+            grant = carrying.rebased(record.grant, base)
+            self.admit(domid, config_name, grant)
+            applied = apply_grant(self.xs, self.hv, domid, grant)
             restored = Restored(domid, record.granted_pages, applied.max_pages)
         relay_body(src, self.proc.stdin, offset=len(head.raw), what=self.receiver.verb,
                    total=total)
         return restored
+
+    def admit(self, domid: int, name: str, grant: Grant) -> None:
+        """Refuse a carried grant this host's policy does not allow, unless the admin
+        overrides it; then say what was overridden."""
+        refusals = restore_refusals(self.xs, self.hv, self.admission.policy, domid, name, grant)
+        if not refusals:
+            return
+        broken = "; ".join(map(str, refusals))
+        if not self.admission.over_policy:
+            raise GrantRefused(f"domain {name!r} (new domain {domid}): the "
+                               f"{grant.granted_pages} granted pages it carries break this "
+                               f"host's policy: {broken} (--over-policy restores it anyway)",
+                               codes=[r.code for r in refusals])
+        logs.event(log, "over-policy", level=logging.WARNING, domid=domid, domain=name,
+                   path=paths.decision_dir(domid), granted_pages=grant.granted_pages,
+                   overridden=broken)
 
     def await_new_domain(self, name: str) -> tuple[int, int]:
         """(domid, libxl's limit in pages) of the domain xl is creating, once it is set."""

@@ -164,10 +164,26 @@ class Watcher:
     def watch_areas(self) -> None:
         """Watch dom0's device-model area and each stubdom device model's."""
         domids = xenstore_records.domids_under(self.xs, paths.DOMAINS_ROOT)
-        wanted = {0} | {xenstore_records.dm_domid_of(self.xs, d) for d in domids}
-        for dm in sorted(wanted - self.state.areas):
+        models = {d: xenstore_records.dm_domid_of(self.xs, d) for d in domids}
+        for dm in sorted(({0} | set(models.values())) - self.state.areas):
             self.xs.watch(paths.device_model_area(dm), AREA_TOKEN)
             self.state.areas.add(dm)
+        stubdom_guests = {d: dm for d, dm in models.items() if dm != 0}
+        if stubdom_guests:
+            alive = set(self.hv.domids())  # xenstore may hold a dead domain's nodes
+            for domid, dm in stubdom_guests.items():
+                if domid in alive:
+                    self._guarded(paths.decision_dir(domid), self.open_decision_dir, domid,
+                                  dm)
+
+    def open_decision_dir(self, domid: int, dm: int) -> None:
+        """Give a stubdom device model an empty decision directory it may read: C
+        xenstored answers EACCES, not ENOENT, under /libxl/D (which only dom0 may read),
+        so before any decision the stubdom could not even learn there is none."""
+        where = paths.decision_dir(domid)
+        if self.xs.perms(where) is None:
+            self.xs.write(where, b"")
+            self.xs.set_perms(where, paths.decision_permissions(dm))
 
     def reconcile(self) -> None:
         """Finish interrupted decisions, answer unanswered requests, drop dead domains."""
@@ -178,6 +194,9 @@ class Watcher:
                 if self.xs.children(paths.request_dir(dm, domid)):
                     self._guarded(paths.request_dir(dm, domid), self.handle, dm, domid)
         self.collect_dead()
+        # A watcher that died between a hypercall and its re-read may have left a limit no
+        # record names: the records are the truth at start-up.
+        self.settle_all_drift()
 
     def _guarded(self, path: str, fn: Callable[..., object], *args: object) -> None:
         """One domain's trouble is logged and never stops the others being served."""
@@ -206,10 +225,10 @@ class Watcher:
         not, rescan. ``reload`` runs between batches when a reload was asked for."""
         last_rescan = self.clock()
         while True:
-            deferred = list(self.state.deferred)
-            self.state.deferred.clear()
-            batch = self.xs.next_batch(timeout=DEFERRED_SECONDS if deferred
+            batch = self.xs.next_batch(timeout=DEFERRED_SECONDS if self.state.deferred
                                        else RESCAN_SECONDS)
+            deferred = list(self.state.deferred)  # taken only once they are served
+            self.state.deferred.clear()
             if reload is not None and self.state.reload_asked:
                 self.state.reload_asked = False
                 reload()
@@ -225,9 +244,16 @@ class Watcher:
         self.watch_areas()
         for domid in sorted(self.state.frozen):
             self.handle(xenstore_records.dm_domid_of(self.xs, domid), domid)
+        deferred = list(self.state.deferred)
+        self.state.deferred.clear()
+        for work in deferred:
+            self._guarded(work.path, self.serve, work)
+        self.settle_all_drift()
+        self.heartbeat()
+
+    def settle_all_drift(self) -> None:
         for domid in xenstore_records.domids_under(self.xs, paths.DECISION_ROOT):
             self._guarded(paths.decision_dir(domid), self.settle_drift, domid)
-        self.heartbeat()
 
     def heartbeat(self) -> None:
         """``<pid> <unix seconds>`` at paths.HEARTBEAT: ``xsproto status`` tells from it
@@ -411,7 +437,9 @@ class Watcher:
         if decision.charge is not None:
             self.state.limiter.charge(domid, decision.charge)
         self._audit(domid, "granted", old, done, rule=decision.rule, **asked)
-        return True
+        # A recovery finished another watcher's decision: a newer request may stand behind
+        # it (its events came in the same batch), so go round again.
+        return decision.rule != "recover"
 
     def _finish(self, domid: int, applying: DecisionRecord, done: DecisionRecord) -> bool:
         """Write ``done``'s state if the record is still ``applying`` (one transaction).
@@ -422,7 +450,7 @@ class Watcher:
         before, after = applying.to_nodes(), done.to_nodes()
 
         def txn(t: XenstoreIO) -> bool:
-            now = t.read_keys(where, (records.REQUEST_ID, records.STATE))
+            now = xenstore_records.read_keys(t, where, (records.REQUEST_ID, records.STATE))
             if now != {k: before[k] for k in (records.REQUEST_ID, records.STATE)}:
                 return False
             t.write(f"{where}/{records.STATE}", after[records.STATE])
