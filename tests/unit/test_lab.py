@@ -154,27 +154,26 @@ def test_the_attack_script_is_valid_shell() -> None:
 def test_the_attacks_console_lines_are_read_back() -> None:
     console = ("[    2.1] xen: console\r\n"
                "xsattack: self=5 other=7\r\n"
-               "xsattack: write /libxl/5/extra-pages/state refused\r\n"
-               "xsattack: write /local/domain/5/device-model/5/extra-pages/pages ok\n"
+               "xsattack: write /libxl/5/extra-pages/state ERR EACCES\r\n"
+               "xsattack: write /local/domain/5/device-model/5/extra-pages/pages OK\n"
+               "xsattack: perms /local/domain/5/device-model/7/extra-pages/request-id ERR EPERM\n"
                "[    9.0] random: crng init done\n"
                "xsattack: junk /local/domain/5/device-model ok=450 refused=50 seconds=3\n"
-               "xsattack: rewrites rounds=9 own=9 other=9 dom0=0 seconds=4 stop=asked\n"
+               "xsattack: write /local/domain/5/device-model/fill-12 ERR ENOSPC\n"
+               "xsattack: filled /local/domain/5/device-model keys=12\n"
+               "xsattack: rewrites rounds=9 own=9 other=9 seconds=4 stop=asked\n"
                "xsattack: done\n")
     log = attacker.read_log(console)
-    assert log.writes == {"/libxl/5/extra-pages/state": False,
-                          "/local/domain/5/device-model/5/extra-pages/pages": True}
+    assert log.answers == {
+        ("write", "/libxl/5/extra-pages/state"): "ERR EACCES",
+        ("write", "/local/domain/5/device-model/5/extra-pages/pages"): "OK",
+        ("perms", "/local/domain/5/device-model/7/extra-pages/request-id"): "ERR EPERM",
+        ("write", "/local/domain/5/device-model/fill-12"): "ERR ENOSPC"}
     assert log.counts["junk /local/domain/5/device-model"] == {
         "ok": "450", "refused": "50", "seconds": "3"}
+    assert log.counts["filled /local/domain/5/device-model"] == {"keys": "12"}
     assert log.counts["rewrites"]["stop"] == "asked"
     assert log.saw("done") and log.saw("self=5 other=7") and not log.saw("flood start")
-
-
-@pytest.mark.parametrize(("perms", "domid", "writable"), [
-    (["n0"], 5, False), (["n5"], 5, True), (["n0", "r5"], 5, False),
-    (["n0", "w5"], 5, True), (["n0", "b5"], 5, True), (["b0"], 5, True),
-    (["b0", "r5"], 5, False), (["r0", "w6"], 5, False)])
-def test_who_may_write_a_node(perms: list[str], domid: int, writable: bool) -> None:
-    assert attacker.may_write(perms, domid) is writable
 
 
 def test_hidden_in_dom0_are_the_mounts_dom0_stage2_makes() -> None:

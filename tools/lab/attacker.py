@@ -2,12 +2,13 @@
 
 Its image is the lab's guest image with a second archive appended (the kernel unpacks
 both; the second's /init wins): the host's own xenstore client with the libraries ``ldd``
-names, and an init script that waits for dom0's go, writes the protocol's nodes where
-it must not, then floods its own device-model area until dom0 says stop. Every result
-goes to its console as an ``xsattack:`` line; ``read_log`` reads them back from the
-console log xenconsoled keeps in dom0.
+names, and an init script that waits for dom0's go, then makes each attack as one raw
+request on /dev/xen/xenbus (so the answer is xenstored's own, ``EACCES`` and the like:
+the client prints no error's name), and floods its own device-model area with the client
+until dom0 says stop. Every result goes to its console as an ``xsattack:`` line;
+``read_log`` reads them back from the console log xenconsoled keeps in dom0.
 
-``libraries_in``, ``manifest``, ``read_log`` and ``may_write`` are pure; ``build`` runs
+``libraries_in``, ``manifest`` and ``read_log`` are pure; ``build`` runs
 ``ldd`` and writes the image; ``console_log`` reads a console in dom0.
 """
 
@@ -24,12 +25,15 @@ from . import initramfs
 
 CLIENT = Path("/usr/bin/xenstore")
 """Debian's xenstore-utils: one binary that acts as ``xenstore-<command>`` by its name.
-From a guest it talks to xenstored through /dev/xen/xenbus (the socket is absent)."""
+From a guest it talks to xenstored through /dev/xen/xenbus (the socket is absent). The
+flood uses it: one process writes 50 keys in a transaction."""
 COMMANDS = ("read", "write", "exists", "ls")
 CONTROL = "xsattack"
 """dom0 writes ``other`` (a victim domain's id: the go) and later ``stop`` here, relative
 to the guest's home, where the guest may read but not write."""
 LOG_PREFIX = "xsattack: "
+REQUESTS = ("write", "remove", "perms")
+"""The raw requests whose answers the script prints (``REQUEST PATH ANSWER``)."""
 CONSOLE_DIR = Path("/var/log/xen/console")
 """Where xenconsoled (``--log=guest``) keeps each guest's console in dom0."""
 
@@ -39,36 +43,61 @@ ATTACK_INIT = r"""#!/bin/sh
 # device-model area; each result is a "xsattack: " line on the console.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
-mount -t devtmpfs dev /dev  # /dev/xen/xenbus: the xenstore client's way out
+mount -t devtmpfs dev /dev  # /dev/xen/xenbus: the guest's only way to xenstored
 say() { echo "xsattack: $*"; }
 stay() { while true; do sleep 3600; done; }
-until other=$(xenstore-read xsattack/other 2>/dev/null); do sleep 1; done
-self=$(xenstore-read domid) || { say "cannot read own domid"; stay; }
-say "self=$self other=$other"
-try() {  # try PATH VALUE: one write, one line saying whether xenstored took it
-  if xenstore-write "$1" "$2" 2>/dev/null; then say "write $1 ok"; else say "write $1 refused"; fi
+exec 3<>/dev/xen/xenbus || { say "no xenbus device"; stay; }
+le32() {  # le32 N: N's four bytes, little-endian, appended to $H as printf escapes
+  for s in 0 8 16 24; do
+    b=$(($1 >> s & 255)); H="$H\\$((b >> 6))$((b >> 3 & 7))$((b & 7))"
+  done
 }
+ask() {  # ask TYPE LENGTH FORMAT ARGS...: one raw request (xs_wire.h) on the xenbus
+  # device; ANSWER is "OK [value]", or "ERR <name>" as xenstored answered (XS_ERROR, 16)
+  H=; le32 "$1"; le32 1; le32 0; le32 "$2"; type=$1 fmt=$3; shift 3
+  printf "$H$fmt" "$@" >&3
+  dd bs=65536 count=1 <&3 2>/dev/null > /answer
+  got=$(od -An -tu4 -N4 /answer | tr -d ' ')
+  value=$(dd if=/answer bs=16 skip=1 2>/dev/null | tr -d '\0')
+  if [ "$got" = 16 ]; then ANSWER="ERR $value"
+  elif [ "$type" = 2 ]; then ANSWER="OK $value"
+  else ANSWER=OK; fi
+}
+read_node() { ask 2 $((${#1} + 1)) '%s\0' "$1"; }
+write() { ask 11 $((${#1} + 1 + ${#2})) '%s\0%s' "$1" "$2"; say "write $1 $ANSWER"; }
+remove() { ask 13 $((${#1} + 1)) '%s\0' "$1"; say "remove $1 $ANSWER"; }
+chown0() { ask 14 $((${#1} + 4)) '%s\0n0\0' "$1"; say "perms $1 $ANSWER"; }
+until read_node xsattack/other; [ "${ANSWER#OK }" != "$ANSWER" ]; do sleep 1; done
+other=${ANSWER#OK }
+read_node domid; self=${ANSWER#OK }
+say "self=$self other=$other"
 request() {  # request DIR ID: a request's four keys, request-id last as the protocol says
-  try "$1/version" 1; try "$1/pages" 8000; try "$1/reason" attack; try "$1/request-id" "$2"
+  write "$1/version" 1; write "$1/pages" 8000; write "$1/reason" attack
+  write "$1/request-id" "$2"
 }
 decision() {  # decision DIR: a granted record of 8000 pages
   for kv in "version 1" "state granted" "origin request" "request-id 999" \
             "base-pages 1" "granted-pages 8000" "max-pages 8001" "reason "; do
-    try "$1/${kv% *}" "${kv#* }"
+    write "$1/${kv% *}" "${kv#* }"
   done
 }
 area=/local/domain/$self/device-model
+dom0=/local/domain/0/device-model
 request $area/$self/extra-pages 1  # its own device model, asking for itself
-request $area/$other/extra-pages 1  # its own area, for another domain
-request /local/domain/0/device-model/$self/extra-pages 1  # dom0's area
-request /local/domain/0/device-model/$other/extra-pages 999
+request $area/$other/extra-pages 1  # its own area, for another domain...
+chown0 $area/$other/extra-pages/request-id  # ...posing as dom0, the other's device model
+request $dom0/$self/extra-pages 1  # dom0's area, for itself
+request $dom0/$other/extra-pages 999  # dom0's area: the other's own request
+remove $dom0/$other/extra-pages
 decision /libxl/$self/extra-pages
 decision /libxl/$other/extra-pages
+remove /libxl/$other/extra-pages
+write /local/domain/$other/image/device-model-domid "$self"  # "I serve the other"
 start=$(date +%s)
 deadline=$((start + 600))  # dom0 says stop long before
 say "flood start"
-junk() {  # junk DIR: 500 new keys in 10 transactions of 50, their names long enough
-  # that a listing of DIR outgrows one xenstore message (4096 bytes)
+junk() {  # junk DIR: 500 new keys in 10 transactions of 50 (the host's client), names
+  # long enough that a listing of DIR outgrows one xenstore message (4096 bytes)
   dir=$1 ok=0 refused=0 b=0
   while [ $b -lt 10 ]; do
     set --; i=0
@@ -78,15 +107,20 @@ junk() {  # junk DIR: 500 new keys in 10 transactions of 50, their names long en
   done
   say "junk $dir ok=$ok refused=$refused seconds=$(($(date +%s) - start))"
 }
-( junk $area/$self/extra-pages; junk $area ) &
+fill() {  # fill DIR: one key at a time until xenstored refuses one; that answer, raw
+  n=0
+  while xenstore-write "$1/fill-$n" x 2>/dev/null; do n=$((n + 1)); done
+  write "$1/fill-$n" x
+  say "filled $1 keys=$n"
+}
+( junk $area/$self/extra-pages; junk $area; fill $area ) &
 rewrite() {  # rewrite DIR: pages and request-id in one transaction; true if taken
   xenstore-write "$1/pages" $((rounds % 9000)) "$1/request-id" $((rounds + 2)) 2>/dev/null
 }
-rounds=0 own=0 theirs=0 dom0=0 stop=
+rounds=0 own=0 theirs=0 stop=
 until [ -n "$stop" ]; do
   rewrite $area/$self/extra-pages && own=$((own + 1))
   rewrite $area/$other/extra-pages && theirs=$((theirs + 1))
-  rewrite /local/domain/0/device-model/$other/extra-pages && dom0=$((dom0 + 1))
   rounds=$((rounds + 1))
   if [ $((rounds % 8)) = 0 ]; then
     xenstore-exists xsattack/stop && stop=asked
@@ -95,7 +129,7 @@ until [ -n "$stop" ]; do
 done
 wait
 seconds=$(($(date +%s) - start))
-say "rewrites rounds=$rounds own=$own other=$theirs dom0=$dom0 seconds=$seconds stop=$stop"
+say "rewrites rounds=$rounds own=$own other=$theirs seconds=$seconds stop=$stop"
 say "done"
 stay
 """
@@ -136,11 +170,16 @@ def manifest(client: Path, libraries: Sequence[Path]) -> list[initramfs.Entry]:
 
 
 def build(guest_initrd: Path, dest: Path, client: Path = CLIENT) -> Path:
-    """Write the attacker's image at ``dest``: ``guest_initrd`` and the attacker's archive
-    after it. Built when a test needs it, from the host's client as it is then."""
+    """Write the attacker's image at ``dest``: ``guest_initrd``'s archive and the
+    attacker's after it. Built when a test needs it, from the host's client as it is
+    then."""
     ldd = subprocess.run(["ldd", str(client)], check=True, capture_output=True, text=True)
     extra = initramfs.newc_bytes(manifest(client, libraries_in(ldd.stdout)))
-    dest.write_bytes(guest_initrd.read_bytes() + gzip.compress(extra, compresslevel=1, mtime=0))
+    # One gzip stream of both archives: libxc inflates a PV guest's ramdisk and cannot
+    # with two gzip members ("xc_dom_do_gunzip: inflate failed"); the kernel reads the
+    # archives one after the other either way.
+    both = gzip.decompress(guest_initrd.read_bytes()) + extra
+    dest.write_bytes(gzip.compress(both, compresslevel=1, mtime=0))
     return dest
 
 
@@ -148,23 +187,34 @@ def build(guest_initrd: Path, dest: Path, client: Path = CLIENT) -> Path:
 class AttackLog:
     """What the attack script said on the console."""
 
-    writes: dict[str, bool] = field(default_factory=dict)
-    """Path -> whether xenstored took the write."""
+    answers: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(request, path) -> xenstored's answer: ``OK`` or ``ERR <name>``. The requests are
+    ``write``, ``remove`` and ``perms`` (the last makes dom0, ``n0``, the node's owner)."""
     counts: dict[str, dict[str, str]] = field(default_factory=dict)
-    """``junk DIR`` and ``rewrites`` -> their ``key=value`` fields."""
+    """``junk DIR``, ``filled DIR`` and ``rewrites`` -> their ``key=value`` fields."""
     said: list[str] = field(default_factory=list)
     """Every line, in order, without the prefix."""
 
     def saw(self, line: str) -> bool:
         return line in self.said
 
+    def began(self, start: str) -> bool:
+        """Whether a line began with ``start``."""
+        return any(said.startswith(start) for said in self.said)
+
+
+def console(name: str) -> str:
+    """Guest ``name``'s console so far, as xenconsoled logged it ("" before any line; run
+    in dom0)."""
+    try:
+        return (CONSOLE_DIR / f"guest-{name}.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
 
 def console_log(name: str) -> AttackLog:
-    """What guest ``name`` said so far (run in dom0)."""
-    try:
-        return read_log((CONSOLE_DIR / f"guest-{name}.log").read_text(errors="replace"))
-    except FileNotFoundError:
-        return AttackLog()
+    """What guest ``name``'s attack said so far (run in dom0)."""
+    return read_log(console(name))
 
 
 def read_log(console: str) -> AttackLog:
@@ -180,21 +230,10 @@ def read_log(console: str) -> AttackLog:
         words = said.split()
         if not words:
             continue
-        if words[0] == "write" and len(words) == 3:
-            log.writes[words[1]] = words[2] == "ok"
-        elif words[0] in ("junk", "rewrites"):
+        if words[0] in REQUESTS and len(words) >= 3:
+            log.answers[words[0], words[1]] = " ".join(words[2:])
+        elif words[0] in ("junk", "filled", "rewrites"):
             name = " ".join(w for w in words[:2] if "=" not in w)
             log.counts[name] = dict(w.split("=", 1) for w in words if "=" in w)
     return log
 
-
-def may_write(perms: Sequence[str], domid: int) -> bool:
-    """Whether xenstore permissions (``n0``, ``r5``, ``b7``...; the first entry names the
-    owner and what every domain not listed may do) let ``domid`` write the node."""
-    owner, rest = perms[0], perms[1:]
-    if int(owner[1:]) == domid:
-        return True
-    for perm in rest:
-        if int(perm[1:]) == domid:
-            return perm[0] in "wb"
-    return owner[0] in "wb"
