@@ -152,7 +152,8 @@ def test_a_guest_attacking_from_inside_changes_nothing_and_delays_nobody(
     lines = watcher.log().splitlines()
     print(f"legitimate grants: before the attack {baseline:.2f} s, during the flood "
           f"{', '.join(f'{t:.2f}' for _, t in during)} s, after it {after:.2f} s")
-    print(f"the flood: {said.counts}; watcher log: {len(lines)} lines")
+    print(f"the flood: {said.counts}; watcher log: {len(lines)} lines; listings: "
+          f"{ {k: v for k, v in said.answers.items() if k[0] == 'list'} }")
 
     # xenstored's answer to each attack: its own area took the requests, all else refused.
     assert attacked.answers == expected_answers(evil, legit, flavour)

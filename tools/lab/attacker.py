@@ -32,7 +32,7 @@ CONTROL = "xsattack"
 """dom0 writes ``other`` (a victim domain's id: the go) and later ``stop`` here, relative
 to the guest's home, where the guest may read but not write."""
 LOG_PREFIX = "xsattack: "
-REQUESTS = ("write", "remove", "perms")
+REQUESTS = ("write", "remove", "perms", "list")
 """The raw requests whose answers the script prints (``REQUEST PATH ANSWER``)."""
 CONSOLE_DIR = Path("/var/log/xen/console")
 """Where xenconsoled (``--log=guest``) keeps each guest's console in dom0."""
@@ -67,6 +67,7 @@ read_node() { ask 2 $((${#1} + 1)) '%s\0' "$1"; }
 write() { ask 11 $((${#1} + 1 + ${#2})) '%s\0%s' "$1" "$2"; say "write $1 $ANSWER"; }
 remove() { ask 13 $((${#1} + 1)) '%s\0' "$1"; say "remove $1 $ANSWER"; }
 chown0() { ask 14 $((${#1} + 4)) '%s\0n0\0' "$1"; say "perms $1 $ANSWER"; }
+list() { ask 1 $((${#1} + 1)) '%s\0' "$1"; say "list $1 $ANSWER"; }
 until read_node xsattack/other; [ "${ANSWER#OK }" != "$ANSWER" ]; do sleep 1; done
 other=${ANSWER#OK }
 read_node domid; self=${ANSWER#OK }
@@ -113,7 +114,8 @@ fill() {  # fill DIR: one key at a time until xenstored refuses one; that answer
   write "$1/fill-$n" x
   say "filled $1 keys=$n"
 }
-( junk $area/$self/extra-pages; junk $area; fill $area ) &
+( junk $area/$self/extra-pages; list $area/$self/extra-pages; junk $area; list $area
+  fill $area ) &
 rewrite() {  # rewrite DIR: pages and request-id in one transaction; true if taken
   xenstore-write "$1/pages" $((rounds % 9000)) "$1/request-id" $((rounds + 2)) 2>/dev/null
 }
@@ -189,7 +191,8 @@ class AttackLog:
 
     answers: dict[tuple[str, str], str] = field(default_factory=dict)
     """(request, path) -> xenstored's answer: ``OK`` or ``ERR <name>``. The requests are
-    ``write``, ``remove`` and ``perms`` (the last makes dom0, ``n0``, the node's owner)."""
+    ``write``, ``remove``, ``perms`` (making dom0, ``n0``, the node's owner) and ``list``
+    (a directory's children: only whether xenstored answered)."""
     counts: dict[str, dict[str, str]] = field(default_factory=dict)
     """``junk DIR``, ``filled DIR`` and ``rewrites`` -> their ``key=value`` fields."""
     said: list[str] = field(default_factory=list)
