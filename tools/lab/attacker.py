@@ -47,23 +47,7 @@ mount -t devtmpfs dev /dev  # /dev/xen/xenbus: the guest's only way to xenstored
 say() { echo "xsattack: $*"; }
 stay() { while true; do sleep 3600; done; }
 exec 3<>/dev/xen/xenbus || { say "no xenbus device"; stay; }
-le32() {  # le32 N: N's four bytes, little-endian, appended to $H as printf escapes
-  for s in 0 8 16 24; do
-    b=$(($1 >> s & 255)); H="$H\\$((b >> 6))$((b >> 3 & 7))$((b & 7))"
-  done
-}
-ask() {  # ask TYPE LENGTH FORMAT ARGS...: one raw request (xs_wire.h) on the xenbus
-  # device; ANSWER is "OK [value]", or "ERR <name>" as xenstored answered (XS_ERROR, 16)
-  H=; le32 "$1"; le32 1; le32 0; le32 "$2"; type=$1 fmt=$3; shift 3
-  printf "$H$fmt" "$@" >&3
-  dd bs=65536 count=1 <&3 2>/dev/null > /answer
-  got=$(od -An -tu4 -N4 /answer | tr -d ' ')
-  value=$(dd if=/answer bs=16 skip=1 2>/dev/null | tr -d '\0')
-  if [ "$got" = 16 ]; then ANSWER="ERR $value"
-  elif [ "$type" = 2 ]; then ANSWER="OK $value"
-  else ANSWER=OK; fi
-}
-read_node() { ask 2 $((${#1} + 1)) '%s\0' "$1"; }
+""" + initramfs.XENBUS_SH + r"""read_node() { ask 2 $((${#1} + 1)) '%s\0' "$1"; }
 write() { ask 11 $((${#1} + 1 + ${#2})) '%s\0%s' "$1" "$2"; say "write $1 $ANSWER"; }
 remove() { ask 13 $((${#1} + 1)) '%s\0' "$1"; say "remove $1 $ANSWER"; }
 chown0() { ask 14 $((${#1} + 4)) '%s\0n0\0' "$1"; say "perms $1 $ANSWER"; }
