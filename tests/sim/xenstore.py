@@ -42,8 +42,9 @@ VALUE_MAX = 2048
 """Both daemons' default node size quota, in bytes."""
 PAYLOAD_MAX = 4096
 """XENSTORE_PAYLOAD_MAX: a directory whose names (each NUL-terminated) are longer is not
-listed in one message, it is answered E2BIG (seen in the lab: oxenstored, a guest's
-junk; C xenstored's node quota stops a guest's directory at half that size)."""
+listed, it is answered E2BIG. Seen in the lab with oxenstored and a guest's junk: the guest
+gets E2BIG; dom0's socket gets the whole listing in one reply, which the real adapter
+reads as E2BIG. C xenstored's node quota stops a guest's directory at half that size."""
 C_NODE_HEADER = 24
 """C xenstored counts a node's stored record against the quota: a 24-byte header, 8
 bytes per permission, the value and the children's names, each NUL-terminated."""

@@ -201,8 +201,9 @@ class Watcher:
             self._guarded(paths.request_dir(dm, domid), self._reconcile_request, dm, domid)
 
     def _reconcile_request(self, dm: int, domid: int) -> None:
-        # A device model can make its directories too big to list (xenstored answers
-        # E2BIG past one message): that one is logged, the others are still served.
+        # A device model can make its directories too big to list in one message
+        # (E2BIG; oxenstored's oversize reply reads so too): that one is logged, the
+        # others are still served.
         if self.xs.children(paths.request_dir(dm, domid)):
             self.handle(dm, domid)
 
