@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +60,18 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 @pytest.fixture
 def make_guest(request: pytest.FixtureRequest) -> Iterator[GuestFactory]:
-    """Create real xl guests (PV by default); every one is destroyed afterwards."""
+    """Create real xl guests (PV by default, booting the lab's guest image unless
+    ``initrd`` names another); every one is destroyed afterwards."""
     files = fetch.LabFiles.in_cache(fetch.DEFAULT_CACHE)
     created: list[str] = []
 
-    def make(name: str | None = None, *, kind: str = "pv", memory_mb: int = 128) -> int:
+    def make(name: str | None = None, *, kind: str = "pv", memory_mb: int = 128,
+             initrd: Path | None = None) -> int:
         name = name or f"t{len(created)}-{request.node.name[:24]}".replace("[", "-").strip("]")
         name = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
         created.append(name)
-        return guests.create(name, kind=kind, memory_mb=memory_mb, files=files)
+        return guests.create(name, kind=kind, memory_mb=memory_mb,
+                             files=replace(files, guest_initrd=initrd or files.guest_initrd))
 
     yield make
     for name in created:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from tests.sim.xenstore import C_NODE_HEADER, ENTRIES_PER_DOMAIN, VALUE_MAX, Flavour
+from tools.lab import initramfs
 from xsproto.errors import XenstoreError
 from xsproto.io import XenstoreIO
 
@@ -362,19 +363,7 @@ if [ $$ = 1 ]; then
 fi
 stay() { while :; do sleep 3600; done; }
 exec 3<>"${XENBUS:-/dev/xen/xenbus}" || { echo "sim-probe: no xenbus device"; stay; }
-byte() { printf "\\$(printf %o "$1")"; }
-le32() { for shift in 0 8 16 24; do byte $(($1 >> shift & 255)); done; }
-# ask TYPE LENGTH FORMAT ARGS...: one request; ANSWER is "OK [value]" or "ERR <error>"
-ask() {
-  type=$1 len=$2; shift 2
-  { le32 "$type"; le32 1; le32 0; le32 "$len"; printf "$@"; } >&3
-  dd bs=65536 count=1 <&3 2>/dev/null > /answer
-  got=$(od -An -tu4 -N4 /answer | tr -d ' ')
-  value=$(dd if=/answer bs=16 skip=1 2>/dev/null | tr -d '\0')
-  if [ "$got" = 16 ]; then ANSWER="ERR $value"
-  elif [ "$type" = 2 ]; then ANSWER="OK $value"
-  else ANSWER=OK; fi
-}
+""" + initramfs.XENBUS_SH + r"""
 until ask 2 12 '%s\0' data/sim-go; [ "$ANSWER" = "OK 1" ]; do sleep 1; done
 ask 2 6 '%s\0' domid
 D=${ANSWER#OK }

@@ -40,6 +40,11 @@ ENTRIES_PER_DOMAIN = 1000
 """Nodes an unprivileged domain may own (both daemons' default)."""
 VALUE_MAX = 2048
 """Both daemons' default node size quota, in bytes."""
+PAYLOAD_MAX = 4096
+"""XENSTORE_PAYLOAD_MAX: a directory whose names (each NUL-terminated) are longer is not
+listed, it is answered E2BIG. Seen in the lab with oxenstored and a guest's junk: the guest
+gets E2BIG; dom0's socket gets the whole listing in one reply, which the real adapter
+reads as E2BIG. C xenstored's node quota stops a guest's directory at half that size."""
 C_NODE_HEADER = 24
 """C xenstored counts a node's stored record against the quota: a 24-byte header, 8
 bytes per permission, the value and the children's names, each NUL-terminated."""
@@ -367,9 +372,12 @@ class _Txn:
         return node
 
     def children(self, node: Node) -> list[str]:
+        names = list(node.children)
+        if sum(len(name) + 1 for name in names) > PAYLOAD_MAX:
+            raise Refused("E2BIG")
         if self.store.flavour is Flavour.OCAML:
-            return sorted(node.children, reverse=True)
-        return list(node.children)
+            return sorted(names, reverse=True)
+        return names
 
     def write(self, path: str, value: bytes) -> None:
         node = self.get(path)

@@ -6,11 +6,12 @@ import gzip
 import re
 import shlex
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tools.lab import cli, fetch, guests, initramfs, qemu
+from tools.lab import attacker, cli, fetch, guests, initramfs, qemu
 
 FILES = fetch.LabFiles(Path("/c/xen.elf"), Path("/c/vmlinuz"), Path("/c/dom0.gz"),
                        Path("/c/guest.gz"))
@@ -137,6 +138,64 @@ def test_triple_faults_are_read_from_xens_console() -> None:
              "(XEN) d105v1 Triple fault - invoking HVM shutdown action 1\n")
     assert guests.triple_faults_in(dmesg) == {22, 105}
     assert guests.triple_faults_in("(XEN) Freed 656kB init memory\n") == set()
+
+
+LDD = """\tlinux-vdso.so.1 (0x00007ffd5a1f2000)
+\tlibxenstore.so.4 => /lib/x86_64-linux-gnu/libxenstore.so.4 (0x00007f0b1c0e3000)
+\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f0b1bf02000)
+\t/lib64/ld-linux-x86-64.so.2 (0x00007f0b1c10f000)
+"""
+
+
+def test_the_attackers_libraries_are_what_ldd_names() -> None:
+    assert attacker.libraries_in(LDD) == [
+        Path("/lib/x86_64-linux-gnu/libxenstore.so.4"), Path("/lib/x86_64-linux-gnu/libc.so.6"),
+        Path("/lib64/ld-linux-x86-64.so.2")]
+
+
+def test_attacker_manifest_carries_the_client_its_libraries_and_the_attack() -> None:
+    libs = attacker.libraries_in(LDD)
+    entries = attacker.manifest(Path("/usr/bin/xenstore"), libs)
+    by_path = {e.path: e for e in entries}
+    order = [e.path for e in entries]
+    assert by_path["bin/xenstore"].source == Path("/usr/bin/xenstore")
+    assert by_path["bin/xenstore-write"].target == "xenstore"
+    assert by_path["lib/x86_64-linux-gnu/libc.so.6"].source == libs[1]
+    for lib in ("lib/x86_64-linux-gnu/libc.so.6", "lib64/ld-linux-x86-64.so.2"):
+        assert stat.S_ISDIR(by_path[str(Path(lib).parent)].mode)
+        assert order.index(str(Path(lib).parent)) < order.index(lib)
+    assert order.index("lib") < order.index("lib/x86_64-linux-gnu")
+    assert by_path["init"].data == attacker.ATTACK_INIT.encode()
+    assert by_path["init"].mode & 0o111
+
+
+def test_the_attack_script_is_valid_shell() -> None:
+    subprocess.run(["sh", "-n"], input=attacker.ATTACK_INIT, text=True, check=True)
+
+
+def test_the_attacks_console_lines_are_read_back() -> None:
+    console = ("[    2.1] xen: console\r\n"
+               "xsattack: self=5 other=7\r\n"
+               "xsattack: write /libxl/5/extra-pages/state ERR EACCES\r\n"
+               "xsattack: write /local/domain/5/device-model/5/extra-pages/pages OK\n"
+               "xsattack: perms /local/domain/5/device-model/7/extra-pages/request-id ERR EPERM\n"
+               "[    9.0] random: crng init done\n"
+               "xsattack: junk /local/domain/5/device-model ok=450 refused=50 seconds=3\n"
+               "xsattack: write /local/domain/5/device-model/fill-12 ERR ENOSPC\n"
+               "xsattack: filled /local/domain/5/device-model keys=12\n"
+               "xsattack: rewrites rounds=9 own=9 other=9 seconds=4 stop=asked\n"
+               "xsattack: done\n")
+    log = attacker.read_log(console)
+    assert log.answers == {
+        ("write", "/libxl/5/extra-pages/state"): "ERR EACCES",
+        ("write", "/local/domain/5/device-model/5/extra-pages/pages"): "OK",
+        ("perms", "/local/domain/5/device-model/7/extra-pages/request-id"): "ERR EPERM",
+        ("write", "/local/domain/5/device-model/fill-12"): "ERR ENOSPC"}
+    assert log.counts["junk /local/domain/5/device-model"] == {
+        "ok": "450", "refused": "50", "seconds": "3"}
+    assert log.counts["filled /local/domain/5/device-model"] == {"keys": "12"}
+    assert log.counts["rewrites"]["stop"] == "asked"
+    assert log.saw("done") and log.saw("self=5 other=7") and not log.saw("flood start")
 
 
 def test_hidden_in_dom0_are_the_mounts_dom0_stage2_makes() -> None:

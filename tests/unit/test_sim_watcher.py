@@ -228,3 +228,21 @@ def test_a_request_of_an_earlier_life_is_not_decided() -> None:
 def test_a_device_model_times_out_with_no_watcher() -> None:
     host, domid = started()
     assert isinstance(host.request(domid, PAGES), NegotiationTimeout)
+
+
+def test_a_request_directory_too_big_to_list_stops_no_watcher() -> None:
+    """A stubdom device model fills its request directory with names too long to list in
+    one message (oxenstored answers E2BIG; tests/lab/test_attacks.py has a guest do it):
+    a watcher starting then still serves every other domain. (It stopped at start-up.)"""
+    host = Host(Flavour.OCAML)
+    honest = host.create_guest(BASE)
+    hostile = host.create_guest(BASE, stubdom=True)
+    junk = host.store.connect(hostile.dm)
+    where = paths.request_dir(hostile.dm, hostile.domid)
+    for i in range(300):  # 300 names of 20 bytes
+        junk.write(f"{where}/junk-{i:03}-0123456789", b"x")
+    junk.close()
+    host.watcher("A").start()
+    assert host.watcher("A").up
+    record = host.request(honest.domid, PAGES)
+    assert isinstance(record, DecisionRecord) and record.granted_pages == PAGES

@@ -495,3 +495,26 @@ def test_importing_the_adapter_stays_cheap() -> None:
                          check=True, cwd=os.path.dirname(os.path.dirname(
                              os.path.dirname(os.path.abspath(__file__)))))
     assert out.stdout.strip() == "[]"
+
+
+def test_an_oversize_reply_is_e2big(xs: Xenstore) -> None:
+    """oxenstored lists a directory whose names pass 4096 bytes in one reply, and a guest
+    can make one (tests/lab/test_attacks.py): pyxs alone raised in its router thread, which
+    closed the connection, and every later request waited for ever (the lab's watcher
+    stopped answering). The adapter reads it as C xenstored's answer, E2BIG; the
+    connection goes on."""
+    for i in range(300):  # 300 names of 20 bytes
+        xs.write(f"/big/junk-{i:03}-0123456789", b"x")
+    seen: dict[str, object] = {}
+
+    def attempt() -> None:
+        try:
+            xs.children("/big")
+        except XenstoreError as e:
+            seen["error"] = str(e)
+        seen["after"] = xs.read("/big/junk-000-0123456789")
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert seen == {"error": f"/big: ({errno.E2BIG}, '{os.strerror(errno.E2BIG)}')", "after": b"x"}

@@ -83,6 +83,29 @@ while true; do sleep 3600; done
 """
 
 
+XENBUS_SH = r"""le32() {  # le32 N: N's four bytes, little-endian, appended to $H as printf escapes
+  for s in 0 8 16 24; do
+    b=$(($1 >> s & 255)); H="$H\\$((b >> 6))$((b >> 3 & 7))$((b & 7))"
+  done
+}
+ask() {  # ask TYPE LENGTH FORMAT ARGS...: one raw request (xs_wire.h) on the xenbus
+  # device; ANSWER is "OK [value]", or "ERR <name>" as xenstored answered (XS_ERROR, 16)
+  H=; le32 "$1"; le32 1; le32 0; le32 "$2"; type=$1 fmt=$3; shift 3
+  printf "$H$fmt" "$@" >&3
+  dd bs=65536 count=1 <&3 2>/dev/null > /answer
+  got=$(od -An -tu4 -N4 /answer | tr -d ' ')
+  value=$(dd if=/answer bs=16 skip=1 2>/dev/null | tr -d '\0')
+  if [ "$got" = 16 ]; then ANSWER="ERR $value"
+  elif [ "$type" = 2 ]; then ANSWER="OK $value"
+  else ANSWER=OK; fi
+}
+"""
+"""A guest's raw xenstore client in shell (busybox's printf, dd, od, tr): ``ask`` sends one
+request of xs_wire.h on file descriptor 3, the xenbus device opened by the caller, and
+sets ANSWER to xenstored's answer, its error's name included (libxenstore's client prints
+none). The lab's probe and attacker guests speak through it."""
+
+
 def dom0_manifest(busybox: Path, modules: Sequence[Path]) -> list[Entry]:
     """Stage-1 initramfs for dom0: busybox, the modules in load order, /init."""
     entries = [directory(d) for d in ("proc", "dev", "sys", "modules")]

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import queue
 import random
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -37,6 +38,10 @@ BACKOFF_MAX = 0.2
 
 # XS_WRITE in Xen's xen/include/public/io/xs_wire.h: the wire protocol, fixed for good.
 XS_WRITE = 11
+XS_ERROR = 16
+PAYLOAD_MAX = 4096
+"""XENSTORE_PAYLOAD_MAX (xs_wire.h): the largest message body."""
+_HEADER = struct.Struct("<IIII")  # type, request id, transaction id, length
 
 
 class _Retry(Exception):
@@ -99,6 +104,61 @@ def _next_watch_event(monitor: Any, timeout: float | None) -> tuple[bytes, bytes
         return None
 
 
+class _Bounded:
+    """A pyxs transport that turns a reply longer than a message may be into xenstored's
+    E2BIG for the request that asked. pyxs private (its connections' transports).
+
+    pyxs 0.4.1 refuses such a reply by raising in its router thread, which then closes the
+    connection: every later request of the process waits for ever. oxenstored sends one
+    when asked to list a directory whose names pass 4096 bytes, and a guest can make one
+    in its own area (seen in the lab: the watcher stopped answering every domain); C
+    xenstored answers E2BIG instead. pyxs reads a header (16 bytes), then its body: the
+    body of an oversize reply is read here, whole (the stream stays in step), and pyxs is
+    given an XS_ERROR header and ``E2BIG``. Checked on pyxs 0.4.1;
+    test_an_oversize_reply_is_e2big pins it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self._body_due = False  # the next read is a body, not a header
+        self._error: bytes | None = None
+
+    def fileno(self) -> int:
+        fd: int = self.inner.fileno()
+        return fd
+
+    def send(self, data: bytes) -> None:
+        self.inner.send(data)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def recv(self, size: int) -> bytes:
+        if self._error is not None:
+            error, self._error, self._body_due = self._error, None, False
+            return error
+        data: bytes = self.inner.recv(size)
+        if self._body_due:
+            self._body_due = False
+            return data
+        _, rq_id, tx_id, length = _HEADER.unpack(data)
+        self._body_due = length > 0
+        if length <= PAYLOAD_MAX:
+            return data
+        self.inner.recv(length)
+        self._error = b"E2BIG\0"
+        return _HEADER.pack(XS_ERROR, rq_id, tx_id, len(self._error))
+
+
+class _UnixSocket(UnixSocketConnection):  # type: ignore[misc]
+    def create_transport(self) -> _Bounded:
+        return _Bounded(super().create_transport())
+
+
+class _XenBus(XenBusConnection):  # type: ignore[misc]
+    def create_transport(self) -> _Bounded:
+        return _Bounded(super().create_transport())
+
+
 class Xenstore:
     """One connection to xenstored (unix socket, or /dev/xen/xenbus from a guest).
 
@@ -107,9 +167,9 @@ class Xenstore:
 
     def __init__(self, path: str | None = None) -> None:
         if path is not None and path.startswith(("/dev/", "/proc/")):
-            connection = XenBusConnection(path)
+            connection: Any = _XenBus(path)
         else:
-            connection = UnixSocketConnection(path)
+            connection = _UnixSocket(path)
         # One router (pyxs's thread that owns the connection) shared by the client and by
         # each transaction's own client: pyxs's documented way to multiplex transactions.
         self._router = pyxs.Router(connection)

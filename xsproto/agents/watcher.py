@@ -190,13 +190,22 @@ class Watcher:
         for domid in xenstore_records.domids_under(self.xs, paths.DECISION_ROOT):
             self._guarded(paths.decision_dir(domid), self.handle_pending, domid)
         for dm in sorted(self.state.areas):
-            for domid in xenstore_records.domids_under(self.xs, paths.device_model_area(dm)):
-                if self.xs.children(paths.request_dir(dm, domid)):
-                    self._guarded(paths.request_dir(dm, domid), self.handle, dm, domid)
+            self._guarded(paths.device_model_area(dm), self._reconcile_area, dm)
         self.collect_dead()
         # A watcher that died between a hypercall and its re-read may have left a limit no
         # record names: the records are the truth at start-up.
         self.settle_all_drift()
+
+    def _reconcile_area(self, dm: int) -> None:
+        for domid in xenstore_records.domids_under(self.xs, paths.device_model_area(dm)):
+            self._guarded(paths.request_dir(dm, domid), self._reconcile_request, dm, domid)
+
+    def _reconcile_request(self, dm: int, domid: int) -> None:
+        # A device model can make its directories too big to list in one message
+        # (E2BIG; oxenstored's oversize reply reads so too): that one is logged, the
+        # others are still served.
+        if self.xs.children(paths.request_dir(dm, domid)):
+            self.handle(dm, domid)
 
     def _guarded(self, path: str, fn: Callable[..., object], *args: object) -> None:
         """One domain's trouble is logged and never stops the others being served."""
@@ -495,9 +504,12 @@ class Watcher:
             if domid not in alive:
                 self.forget(domid)
         for dm in sorted(self.state.areas):
-            for domid in xenstore_records.domids_under(self.xs, paths.device_model_area(dm)):
-                if domid not in alive:
-                    self._remove_request(dm, domid)
+            self._guarded(paths.device_model_area(dm), self._collect_area, dm, alive)
+
+    def _collect_area(self, dm: int, alive: set[int]) -> None:
+        for domid in xenstore_records.domids_under(self.xs, paths.device_model_area(dm)):
+            if domid not in alive:
+                self._remove_request(dm, domid)
 
     def _remove_request(self, dm: int, domid: int) -> None:
         """Remove the request; and its parent too when the device model left nothing else
