@@ -6,10 +6,11 @@ from __future__ import annotations
 import functools
 import json
 import os
-import select
+import queue
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,16 +106,34 @@ def test_xl_mem_max_drift_is_reported_and_settled(
     assert "drift" in w.log()
 
 
-def _line(proc: subprocess.Popen[str], timeout: float) -> str | None:
-    """The next line ``proc`` prints within ``timeout`` seconds (None: none came); its
-    stderr in the failure if it ended."""
-    assert proc.stdout is not None and proc.stderr is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        return None
-    line = proc.stdout.readline()
-    assert line, f"status --follow ended ({proc.wait()}): {proc.stderr.read()}"
-    return line
+class Lines:
+    """What a process prints, line by line, with a timeout. A reader thread, not select()
+    on the pipe: the file object reads ahead, so a second line may wait in its buffer
+    while select() says there is nothing (the lab's C xenstored run saw exactly that)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        self.proc, self.queue = proc, queue.Queue[str | None]()
+        stdout = proc.stdout
+
+        def read() -> None:
+            for line in stdout:
+                self.queue.put(line)
+            self.queue.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def next(self, timeout: float) -> str | None:
+        """The next line within ``timeout`` seconds (None: none came); the process's
+        stderr in the failure if it ended."""
+        try:
+            line = self.queue.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+        assert self.proc.stderr is not None
+        assert line is not None, f"status --follow ended ({self.proc.wait()}): " \
+            f"{self.proc.stderr.read()}"
+        return line
 
 
 def _stacks(proc: subprocess.Popen[str]) -> str:
@@ -139,14 +158,15 @@ def test_follow_prints_decoded_events(make_guest: GuestFactory, watcher: Watcher
         # watcher leaves it alone) is shown as a request with a problem.
         probe = f"{paths.request_dir(0, domid)}/reason"
         deadline = time.monotonic() + 120
-        while (first := _line(follower, 2.0)) is None:
+        lines = Lines(follower)
+        while (first := lines.next(2.0)) is None:
             assert time.monotonic() < deadline, "status --follow printed nothing"
             xs.write(probe, b"probe")
         assert json.loads(first)["kind"] == "request"
         request_pages(xs, domid, 512, "followed")
         events: list[dict[str, object]] = []
         while time.monotonic() < deadline:
-            line = _line(follower, deadline - time.monotonic())
+            line = lines.next(deadline - time.monotonic())
             assert line is not None, f"no granted decision among {events}: {_stacks(follower)}"
             event = json.loads(line)
             schema_of("follow-event").validate(event)
