@@ -151,7 +151,8 @@ def _add_negotiation(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                        description="For each domain whose Xen limit is not the recorded "
                                    "base + granted (an admin's xl mem-max), reapply the "
                                    "record or adopt Xen's limit as the grant (default: the "
-                                   "policy's on_drift). Exit 0 when all agree afterwards.")
+                                   "policy's on_drift). Exit 0 when all agree afterwards, 5 when "
+                                   "a limit still differs (run it again).")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--adopt", dest="action", action="store_const", const="adopt",
                      help="record Xen's limit as the grant")

@@ -58,8 +58,8 @@ def test_the_default_policy_file_is_the_built_in_policy_and_shows_its_values() -
     assert shown.by_domid == {"7": DomainOverride(cap_pages=0)}
     assert replace(shown, by_name={}, by_domid={}) == Policy()
     assert set(tomllib.loads(uncommented)) == {
-        "domain_cap_pages", "host_budget_pages", "free_reserve_pages", "rate", "by_name",
-        "by_domid"}
+        "domain_cap_pages", "host_budget_pages", "free_reserve_pages", "on_drift", "rate",
+        "by_name", "by_domid"}
 
 
 def test_completion_is_generated_from_the_parser() -> None:

@@ -208,6 +208,9 @@ def test_reconcile_json_names_what_it_settled_and_matches_its_schema(
         def settle_drift(self, domid: int, how: OnDrift) -> str | None:
             return how.value if domid == 3 else None
 
+        def drifted(self, domid: int) -> bool:
+            return False
+
     monkeypatch.setattr(reconcile, "Xenstore", lambda path: contextlib.nullcontext())
     monkeypatch.setattr(reconcile, "Hypervisor", lambda: None)
     monkeypatch.setattr(reconcile, "Watcher", Watcher)
@@ -217,3 +220,30 @@ def test_reconcile_json_names_what_it_settled_and_matches_its_schema(
     assert document == {"format": 1, "action": "adopt",
                         "settled": [{"domid": 3, "action": "adopt"}]}
     validator("reconcile-output").validate(document)
+
+
+def test_reconcile_exits_5_when_a_drift_is_left(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """An adoption that lost its race (the record moved on) settled nothing: reconcile said
+    "no drift" and exited 0 while Xen's limit still differed."""
+    from xsproto.adapters import xenstore_records
+    from xsproto.agents import reconcile
+
+    class Watcher:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def settle_drift(self, domid: int, how: OnDrift) -> str | None:
+            return None
+
+        def drifted(self, domid: int) -> bool:
+            return True
+
+    monkeypatch.setattr(reconcile, "Xenstore", lambda path: contextlib.nullcontext())
+    monkeypatch.setattr(reconcile, "Hypervisor", lambda: None)
+    monkeypatch.setattr(reconcile, "Watcher", Watcher)
+    monkeypatch.setattr(xenstore_records, "domids_under", lambda xs, path: [3])
+    assert reconcile.run(None, "adopt", policy_file=None, as_json=False, xenstore=None) == 5
+    out, err = capsys.readouterr()
+    assert "no drift" not in out
+    assert "domain 3: Xen's limit still differs from the record (/libxl/3/extra-pages)" in err

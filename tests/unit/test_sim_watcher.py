@@ -246,3 +246,18 @@ def test_a_request_directory_too_big_to_list_stops_no_watcher() -> None:
     assert host.watcher("A").up
     record = host.request(honest.domid, PAGES)
     assert isinstance(record, DecisionRecord) and record.granted_pages == PAGES
+
+
+def test_the_audit_line_of_a_first_grant_says_the_limit_before(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A first grant's audit line has the limit and grant before it (the base, 0), as a
+    raise's has the previous record's: an admin reads both from one line."""
+    host, domid = started("A")
+    with caplog.at_level("INFO", logger="xsproto.watcher"):
+        host.request(domid, PAGES)
+        host.request(domid, 2 * PAGES)
+    first, second = [r.getMessage() for r in caplog.records if r.getMessage().startswith("audit")]
+    assert f"old_granted_pages=0 new_granted_pages={PAGES} old_max_pages={BASE} " \
+           f"new_max_pages={BASE + PAGES}" in first
+    assert f"old_granted_pages={PAGES} new_granted_pages={2 * PAGES} " \
+           f"old_max_pages={BASE + PAGES} new_max_pages={BASE + 2 * PAGES}" in second

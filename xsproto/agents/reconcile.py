@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from xsproto import fields, paths
 from xsproto.adapters import xenstore_records
@@ -24,6 +25,7 @@ def run(domid: int | None, action: str | None, *, policy_file: str | None, as_js
         domids = [domid] if domid is not None else xenstore_records.domids_under(
             xs, paths.DECISION_ROOT)
         done = {d: watcher.settle_drift(d, how) for d in domids}
+        left = [d for d in domids if watcher.drifted(d)]
     settled = {d: what for d, what in done.items() if what is not None}
     if as_json:
         print(json.dumps(fields.dump(ReconcileOutput(action=how, settled=tuple(
@@ -32,6 +34,9 @@ def run(domid: int | None, action: str | None, *, policy_file: str | None, as_js
         for d, what in settled.items():
             print(f"domain {d}: {'reapplied the record' if what == 'reapply' else 'adopted'}"
                   f" ({paths.decision_dir(d)})")
-        if not settled:
+        if not settled and not left:
             print("no drift")
-    return Exit.OK
+    for d in left:  # e.g. the record moved on while it was being adopted: run it again
+        print(f"xsproto: domain {d}: Xen's limit still differs from the record "
+              f"({paths.decision_dir(d)})", file=sys.stderr)
+    return Exit.DRIFT if left else Exit.OK

@@ -296,6 +296,11 @@ class Watcher:
             self.follow_record(domid)
         return action.value
 
+    def drifted(self, domid: int) -> bool:
+        """Whether Xen's limit for ``domid`` is not the one its record says is in force."""
+        return negotiation.drift(xenstore_records.read_decision(self.xs, domid),
+                                 self.hv.domain(domid)) is not None
+
     # Deciding.
 
     def domain(self, domid: int) -> DomainInfo:
@@ -420,13 +425,21 @@ class Watcher:
                new: DecisionRecord | None, *, rule: str, **fields: object) -> None:
         """The audit line of a decision: who asked and why, the request, the grant and the
         limit before and after, and the rule that decided. Rejections of one domain are
-        throttled (a hostile device model could ask without end); grants never are."""
+        throttled (a hostile device model could ask without end); grants never are. Before
+        a domain's first record, its grant was 0 and its limit the new record's base."""
+        old_granted: int | None
+        old_max: int | None
+        if old is None and new is not None:
+            old_granted, old_max = 0, new.base_pages
+        else:
+            old_granted = None if old is None else old.granted_pages
+            old_max = None if old is None else old.grant.max_pages
         line: dict[str, Any] = {
             "domid": domid, "result": result, "rule": rule,
             "request_id": None if new is None else new.request_id,
-            "old_granted_pages": None if old is None else old.granted_pages,
+            "old_granted_pages": old_granted,
             "new_granted_pages": None if new is None else new.granted_pages,
-            "old_max_pages": None if old is None else old.grant.max_pages,
+            "old_max_pages": old_max,
             "new_max_pages": None if new is None else new.grant.max_pages, **fields}
         if result == "rejected":
             self.throttle.event(log, "audit", key=("rejected", domid), **line)
