@@ -108,6 +108,7 @@ def assert_grant_restored(domid: int, source_max: int) -> None:
     assert (record.granted_pages, record.max_pages) == (EXTRA, source_max)
 
 
+@pytest.mark.once
 def test_save_and_restore_carry_the_grant(make_guest: GuestFactory, scratch: Path) -> None:
     name = "carry"
     domid = make_guest(name, kind="pvh")
@@ -257,6 +258,7 @@ def test_crafted_images_are_refused_and_leave_nothing(make_guest: GuestFactory,
     assert restored is not None and restored.granted_pages == 9999
 
 
+@pytest.mark.once
 def test_a_migration_the_receiving_policy_refuses_leaves_the_source_running(
         make_guest: GuestFactory, scratch: Path) -> None:
     name = "unwelcome"
@@ -387,6 +389,7 @@ def test_failed_save_leaves_no_file(scratch: Path) -> None:
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.once
 def test_through_the_watcher_and_a_device_model_request(
         make_guest: GuestFactory, scratch: Path, watcher: WatcherProcess) -> None:
     """End to end with the real agents: ask, populate, save, restore, ask again."""
