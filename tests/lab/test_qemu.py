@@ -161,8 +161,9 @@ def test_the_wrapper_starts_it_and_xsproto_save_restore_and_migrate_carry_it(
         hvm: HvmFactory, watcher: WatcherProcess, xs: Xenstore, hv: Hypervisor,
         scratch: Path) -> None:
     """The control's failing guest, through the wrapper: its QEMU asks for the one ROM
-    that does not fit and starts; then xsproto save + restore and three migrations to
-    localhost carry the grant with no growth; then stock xl save + restore of the same
+    that does not fit and starts; then xsproto save + restore (with a replacement config,
+    after one with less memory is refused) and three migrations to localhost carry the
+    grant with no growth; then stock xl save + restore of the same
     guest fails (the seed's bug, with the real device model)."""
     guest = hvm(FAILS)
     domid = running(guest)
@@ -191,8 +192,22 @@ def test_the_wrapper_starts_it_and_xsproto_save_restore_and_migrate_carry_it(
     image = scratch / "qemu.img"
     saved = xsproto("save", guest.name, str(image))
     assert saved.returncode == 0, saved.stderr
-    restored = xsproto("restore", str(image), "-p")
+    # A replacement config (xl's `restore CONFIG FILE`) with less memory is refused before
+    # xl starts; one with the same memory and name restores through xl with the grant.
+    smaller = scratch / "smaller.cfg"
+    smaller.write_text(guests.hvm_config(guest.name, nics=FAILS, memory_mb=MEMORY_MB - 16,
+                                         device_model=str(clients.WRAPPER)))
+    refused = xsproto("restore", "-p", str(smaller), str(image))
+    assert refused.returncode == 1, refused.stderr
+    assert f"{smaller}: memory = {MEMORY_MB - 16} gives" in refused.stderr, refused.stderr
+    assert domid_named(guest.name) is None and image.exists()
+    replacement = scratch / "replacement.cfg"
+    replacement.write_text(guests.hvm_config(guest.name, nics=FAILS, memory_mb=MEMORY_MB,
+                                             device_model=str(clients.WRAPPER),
+                                             after_fault="preserve"))
+    restored = xsproto("restore", "-p", str(replacement), str(image))
     assert restored.returncode == 0, restored.stderr
+    assert "preserve" in xl("list", "-l", guest.name).stdout
     image.unlink()
     new = domid_named(guest.name)
     assert new is not None and new != domid
