@@ -123,3 +123,7 @@ def test_inspect_image_needs_no_xenstore_or_hypervisor(tmp_path: Path) -> None:
     loaded = _modules_after("inspect-image", str(image))
     assert "xsproto.agents.inspect_image" in loaded
     assert not [m for m in loaded if m.startswith(HEAVY)]
+    # Its text output needs neither the JSON documents' declarations nor logging (a
+    # third of its start-up, measured by tools/bench_startup.py).
+    assert not loaded & {"xsproto.outputs", "xsproto.policy", "xsproto.logs", "logging"}
+    assert "xsproto.outputs" in _modules_after("inspect-image", "--json", str(image))

@@ -9,16 +9,17 @@ for a command that does not log). ``-q`` hides both, as it hides every INFO line
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from xsproto import logs
 from xsproto.progress import Meter, Progress, no_progress
+
+if TYPE_CHECKING:
+    import logging
 
 LOG_INTERVAL = 2.0
 """Seconds between two progress events in a log."""
@@ -62,6 +63,10 @@ def progress(what: str, total: int | None, *, log: logging.Logger | None,
     runs: a line on stderr when it is a terminal (and ``shown``: not under ``--json`` or
     ``-q``; nor when ``log`` is quieter than INFO), else events in ``log``."""
     stream = sys.stderr if stream is None else stream
+    if log is not None:  # only then: logging costs inspect-image's start-up a tenth
+        import logging
+
+        from xsproto import logs
     loud = log is None or log.isEnabledFor(logging.INFO)
     if shown and loud and stream.isatty():
         line = ProgressLine(Meter(what, total), stream, clock)
