@@ -5,7 +5,8 @@ Every command is started as a fresh process, as xl and scripts start it, and tim
 spawn to exit (best of ``--runs``), against ``python3 -c pass`` with the same
 interpreter in the same run: the ratio is what xsproto's own imports add to Python's
 start-up. ``inspect-image`` reads a small synthetic image, so its own work is a few
-milliseconds; ``status`` connects to xenstored and Xen (the heaviest imports).
+milliseconds; ``status`` connects to xenstored and Xen (the heaviest imports); the save
+program's import is what each image hook pays before its own work.
 
 Run in the lab:  tools/xenlab run -- .venv/bin/python tools/bench_startup.py
 """
@@ -59,6 +60,9 @@ def main() -> int:
         }
         if not args.no_xen:
             commands["xsproto status"] = [XSPROTO, "status"]
+            # What save, restore and migrate pay before any work: xenstore, Xen, the hooks.
+            commands["import save program"] = [sys.executable, "-c",
+                                               "import xsproto.agents.save"]
         seconds = {name: best_of(args.runs, argv) for name, argv in commands.items()}
     base = seconds["python3 -c pass"]
     ratios = {name: s / base for name, s in seconds.items()}
