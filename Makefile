@@ -1,13 +1,12 @@
-# The two set-up commands of README.md; both install what they need and are idempotent.
+# Shorthands for the README's two set-up commands (which need no make: a fresh machine may
+# lack it; tools/bootstrap installs it) and the developers' lint and type check.
 .PHONY: test demo check
 
 test:
-	tools/bootstrap
 	tools/run-tests
 
 demo:
-	tools/bootstrap
-	tools/xenlab run -- .venv/bin/python tools/demo.py
+	tools/run-demo
 
 check:
 	.venv/bin/ruff check .
