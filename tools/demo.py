@@ -39,12 +39,19 @@ def say(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    print(f"$ {shlex.join(argv)}", flush=True)
-    done = subprocess.run(argv, text=True, capture_output=True)
-    for line in (done.stdout + done.stderr).splitlines():
-        if "progress:" not in line:
-            print(f"  {line}")
+def sh(*argv: str, check: bool = True, env: dict[str, str] | None = None,
+       most: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as an admin would (``env``: variables shown before it), print its
+    output (``most`` lines of it at most, then its last line), return its result."""
+    shown = [f"{k}={v}" for k, v in (env or {}).items()]
+    print(f"$ {shlex.join([*shown, *argv])}", flush=True)
+    done = subprocess.run(argv, text=True, capture_output=True, env={**os.environ, **(env or {})})
+    lines = [line for line in (done.stdout + done.stderr).splitlines()
+             if "progress" not in line.split()]
+    if most is not None and len(lines) > most + 1:
+        lines = [*lines[:most], f"... ({len(lines) - most - 1} lines more)", lines[-1]]
+    for line in lines:
+        print(f"  {line}")
     print(f"  (exit status {done.returncode})", flush=True)
     if check and done.returncode != 0:
         raise SystemExit(f"demo: {argv[0]} failed")
@@ -128,8 +135,10 @@ def save_restore(hv: Hypervisor, images: Path) -> None:
     say("xsproto save: the negotiated pages travel in the xl header, ahead of the libxc stream")
     image = images / "demo.save"
     sh(XSPROTO, "save", NAME, str(image))
-    sh(XSPROTO, "inspect-image", str(image))
-    sh(sys.executable, "/usr/lib/xen-4.17/bin/verify-stream-v2", "-f", "xl", "-i", str(image))
+    sh(XSPROTO, "inspect-image", str(image), most=12)
+    # Xen's own checker, with Xen's Python modules (Debian keeps them off the path).
+    sh("/usr/bin/python3", "/usr/lib/xen-4.17/bin/verify-stream-v2", "-f", "xl", "-i",
+       str(image), env={"PYTHONPATH": "/usr/lib/xen-4.17/lib/python"})
 
     say("xsproto restore: the new domain's limit is raised before the libxc stream starts")
     sh(XSPROTO, "restore", "-p", str(image))
