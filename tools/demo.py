@@ -15,6 +15,7 @@ lab's emulated SVM cannot fault them).
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def sh(*argv: str, check: bool = True, env: dict[str, str] | None = None,
     print(f"$ {shlex.join([*shown, *argv])}", flush=True)
     done = subprocess.run(argv, text=True, capture_output=True, env={**os.environ, **(env or {})})
     lines = [line for line in (done.stdout + done.stderr).splitlines()
-             if "progress" not in line.split()]
+             if not re.search(r"\bprogress\b", line)]  # xl's and xsproto's: noise here
     if most is not None and len(lines) > most + 1:
         lines = [*lines[:most], f"... ({len(lines) - most - 1} lines more)", lines[-1]]
     for line in lines:
