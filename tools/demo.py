@@ -84,7 +84,7 @@ def main() -> int:
 
     say("The protocol's state in xenstore")
     sh("xenstore-ls", "-p", paths.device_model_guest_dir(0, domid))
-    sh("xenstore-ls", "-p", paths.decision_dir(domid))
+    sh("xenstore-ls", "-p", paths.decision_node(domid))
 
     images = Path("/var/lib/xsproto-demo")
     images.mkdir(exist_ok=True)

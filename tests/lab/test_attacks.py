@@ -107,19 +107,19 @@ def expected_answers(evil: int, legit: int, flavour: Flavour) -> dict[tuple[str,
         answers.update({("write", f"{where}/{key}"): answer for key in records.REQUEST_KEYS})
 
     # Its own area, which it owns: xenstored takes the requests; the watcher judges them.
-    request(paths.request_dir(evil, evil), "OK")
-    request(paths.request_dir(evil, legit), "OK")
+    request(paths.request_node(evil, evil), "OK")
+    request(paths.request_node(evil, legit), "OK")
     # Giving its node to dom0, as if dom0 had written it (the owner is who wrote).
-    answers["perms", f"{paths.request_dir(evil, legit)}/{records.REQUEST_ID}"] = (
+    answers["perms", f"{paths.request_node(evil, legit)}/{records.REQUEST_ID}"] = (
         "ERR EPERM" if flavour is Flavour.C else refused)
     # Everything else is dom0's.
-    request(paths.request_dir(0, evil), refused)
-    request(paths.request_dir(0, legit), refused)
-    answers["remove", paths.request_dir(0, legit)] = refused
+    request(paths.request_node(0, evil), refused)
+    request(paths.request_node(0, legit), refused)
+    answers["remove", paths.request_node(0, legit)] = refused
     for domid in (evil, legit):
-        answers.update({("write", f"{paths.decision_dir(domid)}/{key}"): refused
+        answers.update({("write", f"{paths.decision_node(domid)}/{key}"): refused
                         for key in records.DECISION_KEYS})
-    answers["remove", paths.decision_dir(legit)] = refused
+    answers["remove", paths.decision_node(legit)] = refused
     answers["write", paths.dm_domid_path(legit)] = refused
     return answers
 
@@ -143,7 +143,7 @@ def test_a_guest_attacking_from_inside_changes_nothing_and_delays_nobody(
     attacked = wait_said("attacker", "flood start")
     during = [timed(xs, legit, DURING[0])]
     # Once the request directory is full of junk (too big to list) and its rewrites go on:
-    wait_said("attacker", f"junk {paths.request_dir(evil, evil)} ", begins=True)
+    wait_said("attacker", f"junk {paths.request_node(evil, evil)} ", begins=True)
     during.append(timed(xs, legit, DURING[1]))
     flooding = attacker.console_log("attacker")
     xs.write(f"{control}/stop", b"1")
@@ -162,14 +162,14 @@ def test_a_guest_attacking_from_inside_changes_nothing_and_delays_nobody(
     assert "rewrites" not in flooding.counts and said.counts["rewrites"]["stop"] == "asked"
     rewrites = said.counts["rewrites"]
     assert int(rewrites["own"]) == int(rewrites["other"]) == int(rewrites["rounds"]) > 0
-    for where in (paths.request_dir(evil, evil), area):
+    for where in (paths.request_node(evil, evil), area):
         junk = said.counts[f"junk {where}"]
         assert int(junk["ok"]) + int(junk["refused"]) == 500
     # Listing them: C xenstored's node quota (its record, names included, under 2048
     # bytes) kept them small; oxenstored's lets them outgrow a message (4096 bytes).
     too_big = "OK" if flavour is Flavour.C else "ERR E2BIG"
     assert {where: answer for (request, where), answer in said.answers.items()
-            if request == "list"} == {paths.request_dir(evil, evil): too_big, area: too_big}
+            if request == "list"} == {paths.request_node(evil, evil): too_big, area: too_big}
     filled = int(said.counts[f"filled {area}"]["keys"])
     quota = "ERR ENOSPC" if flavour is Flavour.C else "ERR EQUOTA"
     assert said.answers["write", f"{area}/fill-{filled}"] == quota
@@ -188,14 +188,14 @@ def test_a_guest_attacking_from_inside_changes_nothing_and_delays_nobody(
     assert evil_record.granted_pages == 0 and evil_record.max_pages == limits[evil]
     assert read_decision(xs, legit) == final and final.base_pages == first.base_pages
     recorded = {d for d in domids_under(xs, paths.DECISION_ROOT)
-                if xs.children(paths.decision_dir(d))}
+                if xs.children(paths.decision_node(d))}
     assert recorded == {legit, evil}
     assert {d: hv.domain(d).max_pages for d in limits} == {
         **limits, legit: first.base_pages + FINAL}
     assert logged(watcher, "audit", f"domid={evil}", "result=rejected", f"dm={evil}",
-                  f"path={paths.request_dir(evil, evil)}", f"code={RejectCode.WRONG_WRITER}")
+                  f"path={paths.request_node(evil, evil)}", f"code={RejectCode.WRONG_WRITER}")
     assert logged(watcher, "WARNING", "ignored", f"domid={legit}", f"dm={evil}",
-                  f"path={paths.request_dir(evil, legit)}")
+                  f"path={paths.request_node(evil, legit)}")
     assert max(t for _, t in during) < PROMPT and after < PROMPT
     assert watcher.proc is not None and watcher.proc.poll() is None
 

@@ -77,7 +77,7 @@ def test_python_and_c_take_turns_on_the_same_records(
     assert c_ask(domid, 32, "c: option ROMs") == (
         0, f"granted request-id=2 base-pages={base} granted-pages=32 max-pages={base + 32}")
     nodes, owner = read_request(xs, 0, domid)
-    where = paths.request_dir(0, domid)
+    where = paths.request_node(0, domid)
     assert Request.from_nodes(nodes, where=where) == Request(pages=32, reason="c: option ROMs",
                                                              request_id=2)
     assert owner == 0
@@ -97,7 +97,7 @@ def test_python_and_c_take_turns_on_the_same_records(
     other = make_guest()
     other_base = hv.domain(other).max_pages
     carried = restored(Grant(other_base, 64))
-    xs.write_dir(paths.decision_dir(other), carried.to_nodes(), paths.decision_permissions(0))
+    xs.write_dir(paths.decision_node(other), carried.to_nodes(), paths.decision_permissions(0))
     hv.set_max_pages(other, carried.max_pages)
     assert c_ask(other, 64, "c: after restore") == (
         0, f"granted request-id=1 base-pages={other_base} granted-pages=64 "

@@ -66,7 +66,7 @@ def grant(domid: int, pages: int = EXTRA, *, populate: bool = True) -> int:
     record = DecisionRecord(state=DecisionState.GRANTED, request_id=1, base_pages=base,
                             granted_pages=pages, max_pages=base + pages)
     with Xenstore() as xs:
-        xs.write_dir(paths.decision_dir(domid), record.to_nodes(), paths.decision_permissions(0))
+        xs.write_dir(paths.decision_node(domid), record.to_nodes(), paths.decision_permissions(0))
     hv.set_max_pages(domid, base + pages)
     if populate:
         devicemodel.populate(domid, pages)
@@ -74,7 +74,7 @@ def grant(domid: int, pages: int = EXTRA, *, populate: bool = True) -> int:
 
 
 def decision(domid: int) -> DecisionRecord | None:
-    where = paths.decision_dir(domid)
+    where = paths.decision_node(domid)
     with Xenstore() as xs:
         nodes = xs.read_dir(where)
     return DecisionRecord.from_nodes(nodes, where=where) if nodes else None

@@ -54,7 +54,7 @@ def decided(xs: Xenstore, domid: int, request_id: int) -> DecisionRecord:
 
 def write_request(xs: Xenstore, domid: int, request_id: bytes, *, pages: bytes = b"16",
                   reason: bytes = b"test", dm: int = 0) -> str:
-    where = paths.request_dir(dm, domid)
+    where = paths.request_node(dm, domid)
     nodes = {"version": b"1", "pages": pages, "reason": reason, "request-id": request_id}
     xs.transact(lambda t: t.write_dir(where, nodes))
     return where
@@ -180,7 +180,7 @@ def test_hostile_values_are_rejected_and_change_nothing(
         make_guest: GuestFactory, watcher: WatcherProcess, xs: Xenstore, hv: Hypervisor) -> None:
     domid = make_guest()
     base = max_pages(hv, domid)
-    where = paths.request_dir(0, domid)
+    where = paths.request_node(0, domid)
     for i, (value, code) in enumerate(HOSTILE_PAGES, start=1):
         # xenstore-write (C, one transaction) writes bytes pyxs would refuse (non-ASCII).
         subprocess.run(["xenstore-write", "--", f"{where}/version", "1",
@@ -196,7 +196,7 @@ def test_hostile_values_are_rejected_and_change_nothing(
         record = decided(xs, domid, 500)
         assert record.rejection is not None and record.rejection[0] == RejectCode.BAD_VALUE
         subprocess.run(["xenstore-rm", f"{where}/request-id"], check=True)
-        xs.remove(paths.decision_dir(domid))
+        xs.remove(paths.decision_node(domid))
     assert max_pages(hv, domid) == base
 
 
@@ -215,7 +215,7 @@ def test_wrong_writer_and_guest_own_area(make_guest: GuestFactory, watcher: Watc
     record = decided(xs, domid, 8)
     assert record.rejection is not None and record.rejection[0] == RejectCode.WRONG_WRITER
     # A guest writing in its own area is not a device model: nothing happens at all.
-    own = paths.request_dir(domid, domid)
+    own = paths.request_node(domid, domid)
 
     def guest_writes_own_area(t: Xenstore) -> None:
         t.write_dir(own, {"version": b"1", "pages": b"8000", "reason": b"me",
@@ -235,12 +235,12 @@ def test_requests_for_dom0_and_missing_domains_change_nothing(
     assert record.rejection is not None
     assert record.rejection[0] in (RejectCode.PRIVILEGED, RejectCode.WRONG_WRITER)
     assert max_pages(hv, 0) == dom0_max
-    xs.remove(paths.decision_dir(0))
+    xs.remove(paths.decision_node(0))
     where = write_request(xs, 31000, b"1", pages=b"16")
     deadline = time.monotonic() + 180
     while xs.children(where) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not xs.children(where) and not xs.children(paths.decision_dir(31000))
+    assert not xs.children(where) and not xs.children(paths.decision_node(31000))
 
 
 def test_request_flood_is_rate_limited(make_guest: GuestFactory,
@@ -295,11 +295,11 @@ def test_domain_death_cleans_up_and_mid_request_death_ends_cleanly(
     request_pages(xs, domid, 64)
     subprocess.run(["xl", "destroy", "dies"], check=True)
     deadline = time.monotonic() + 180
-    while (xs.children(paths.request_dir(0, domid)) or xs.children(paths.decision_dir(domid))) \
+    while (xs.children(paths.request_node(0, domid)) or xs.children(paths.decision_node(domid))) \
             and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not xs.children(paths.request_dir(0, domid))
-    assert not xs.children(paths.decision_dir(domid))
+    assert not xs.children(paths.request_node(0, domid))
+    assert not xs.children(paths.decision_node(domid))
     # Dying while a request is in flight: no leftovers, and the watcher serves the next.
     doomed = make_guest("doomed")
     write_request(xs, doomed, b"1", pages=b"64")
@@ -307,7 +307,7 @@ def test_domain_death_cleans_up_and_mid_request_death_ends_cleanly(
     survivor = make_guest("survivor")
     assert request_pages(xs, survivor, 32).granted_pages == 32
     deadline = time.monotonic() + 180
-    while xs.children(paths.request_dir(0, doomed)) and time.monotonic() < deadline:
+    while xs.children(paths.request_node(0, doomed)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not xs.children(paths.request_dir(0, doomed))
+    assert not xs.children(paths.request_node(0, doomed))
     assert watcher.proc is not None and watcher.proc.poll() is None

@@ -168,7 +168,7 @@ def test_the_wrapper_starts_it_and_xsproto_save_restore_and_migrate_carry_it(
     guest = hvm(FAILS)
     domid = running(guest)
     nodes, owner = read_request(xs, 0, domid)
-    request = Request.from_nodes(nodes, where=paths.request_dir(0, domid))
+    request = Request.from_nodes(nodes, where=paths.request_node(0, domid))
     assert (request.pages, request.request_id, owner) == (ROM_PAGES, 1, 0)
     assert request.reason.startswith("QEMU xen_ram_alloc: 64 pages at pfn 0x")
     record = granted(xs, domid)

@@ -156,7 +156,7 @@ def test_follow_prints_decoded_events(make_guest: GuestFactory, watcher: Watcher
     try:
         # Ready once it decodes something: an incomplete request (no request-id, so the
         # watcher leaves it alone) is shown as a request with a problem.
-        probe = f"{paths.request_dir(0, domid)}/reason"
+        probe = f"{paths.request_node(0, domid)}/reason"
         deadline = time.monotonic() + 120
         lines = Lines(follower)
         while (first := lines.next(2.0)) is None:

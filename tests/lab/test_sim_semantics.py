@@ -215,7 +215,7 @@ def test_libxl_makes_and_removes_a_guests_nodes(make_guest: GuestFactory,
         assert paths.LEAF not in xs.children(f"/libxl/{domid}")
         assert xs.perms(paths.domain_dir(domid)) == ["n0", f"r{domid}"]
         assert xs.perms(f"{paths.domain_dir(domid)}/data") == [f"n{domid}"]
-        request = paths.request_dir(0, domid)
+        request = paths.request_node(0, domid)
         xs.write(f"{request}/x", b"1")
         subprocess.run(["xl", "destroy", str(domid)], check=True)
         assert xs.perms(paths.domain_dir(domid)) is None

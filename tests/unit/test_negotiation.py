@@ -35,7 +35,7 @@ from xsproto.values import DECISION_REASON_MAX_BYTES
 D, M, BASE = 5, 0, 33024
 GUEST = DomainInfo(domid=D, exists=True, max_pages=BASE, tot_pages=32768, name="web1")
 HOST = HostInfo(free_pages=1_000_000, granted_elsewhere=0)
-WHERE = paths.request_dir(M, D)
+WHERE = paths.request_node(M, D)
 
 
 def nodes(pages: int = 2048, rid: int = 1, **raw: bytes) -> dict[str, bytes]:
@@ -495,7 +495,7 @@ def test_dm_refuses_decisions_for_ids_never_asked() -> None:
     dm, _ = DeviceModelSide(domid=D).ask(5, now=0.0, decided=0)
     with pytest.raises(ProtocolError) as err:
         dm.observe(granted(5, 2))
-    assert err.value.path == paths.decision_dir(D)
+    assert err.value.path == paths.decision_node(D)
 
 
 def test_dm_timeout() -> None:
@@ -588,7 +588,7 @@ def test_a_device_model_out_of_request_ids_gets_a_protocol_error() -> None:
     top = granted(10, rid=2**63 - 1)
     with pytest.raises(ProtocolError, match="no request-id left") as err:
         DeviceModelSide(domid=D).observe(top).ask(10, now=0.0, decided=top.request_id)
-    assert err.value.path == paths.request_dir(M, D)
+    assert err.value.path == paths.request_node(M, D)
 
 
 # --- drift: Xen's limit changed behind the record's back (xl mem-max) -------------------

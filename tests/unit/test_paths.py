@@ -14,9 +14,9 @@ domids = st.integers(min_value=0, max_value=0x7FEF)
 
 
 def test_builders() -> None:
-    assert paths.request_dir(0, 5) == "/local/domain/0/device-model/5/extra-pages"
-    assert paths.request_dir(7, 5) == "/local/domain/7/device-model/5/extra-pages"
-    assert paths.decision_dir(5) == "/libxl/5/extra-pages"
+    assert paths.request_node(0, 5) == "/local/domain/0/device-model/5/extra-pages"
+    assert paths.request_node(7, 5) == "/local/domain/7/device-model/5/extra-pages"
+    assert paths.decision_node(5) == "/libxl/5/extra-pages"
     assert paths.dm_domid_path(5) == "/local/domain/5/image/device-model-domid"
 
 
@@ -27,9 +27,9 @@ def test_request_id_is_written_last() -> None:
 @pytest.mark.parametrize("bad", [-1, 0x7FF0, True, 1.0, "1"])
 def test_builders_reject_non_domids(bad: object) -> None:
     with pytest.raises(ValueError):
-        paths.decision_dir(bad)  # type: ignore[arg-type]
+        paths.decision_node(bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        paths.request_dir(0, bad)  # type: ignore[arg-type]
+        paths.request_node(0, bad)  # type: ignore[arg-type]
 
 
 def test_decision_permissions() -> None:
@@ -39,14 +39,14 @@ def test_decision_permissions() -> None:
 
 @given(domids, domids, st.sampled_from([None, *records.REQUEST_KEYS]))
 def test_request_paths_round_trip(m: int, d: int, key: str | None) -> None:
-    path = paths.request_dir(m, d) + ("" if key is None else f"/{key}")
+    path = paths.request_node(m, d) + ("" if key is None else f"/{key}")
     assert records.parse_path(path) == RequestPath(m, d, key)
     assert records.parse_path(path.encode()) == RequestPath(m, d, key)
 
 
 @given(domids, st.sampled_from([None, *records.DECISION_KEYS]))
 def test_decision_paths_round_trip(d: int, key: str | None) -> None:
-    path = paths.decision_dir(d) + ("" if key is None else f"/{key}")
+    path = paths.decision_node(d) + ("" if key is None else f"/{key}")
     assert records.parse_path(path) == DecisionPath(d, key)
 
 
@@ -93,8 +93,8 @@ def test_parse_never_raises_anything_but_protocol_error(path: str) -> None:
     except ProtocolError:
         return
     rebuilt = (
-        paths.request_dir(parsed.dm_domid, parsed.domid)
+        paths.request_node(parsed.dm_domid, parsed.domid)
         if isinstance(parsed, RequestPath)
-        else paths.decision_dir(parsed.domid)
+        else paths.decision_node(parsed.domid)
     )
     assert path == rebuilt + ("" if parsed.key is None else f"/{parsed.key}")

@@ -142,7 +142,7 @@ class Negotiations(RuleBasedStateMachine):
         self.within_budget()
 
     def record(self, domid: int) -> DecisionRecord | None:
-        where = paths.decision_dir(domid)
+        where = paths.decision_node(domid)
         nodes = {k: v for k in records.DECISION_KEYS
                  if (v := self.host.store.value(f"{where}/{k}")) is not None}
         try:
@@ -239,7 +239,7 @@ class Negotiations(RuleBasedStateMachine):
 
     def abandoned_about(self, domid: int) -> list[str]:
         """Why each transaction the watchers abandoned about ``domid`` was abandoned."""
-        where = paths.decision_dir(domid)
+        where = paths.decision_node(domid)
         return [why for s in self.host.watchers.values() if s.conn is not None
                 for why, accessed in s.conn.abandoned if where in accessed]
 
@@ -255,7 +255,7 @@ class Negotiations(RuleBasedStateMachine):
 
     def asked(self, guest: Guest) -> int:
         """The request-id in the guest's request directory (0: none, or unreadable)."""
-        where = f"{paths.request_dir(guest.dm, guest.domid)}/{records.REQUEST_ID}"
+        where = f"{paths.request_node(guest.dm, guest.domid)}/{records.REQUEST_ID}"
         raw = self.host.store.value(where)
         try:
             return 0 if raw is None else parse_request_id(raw, path=where)
@@ -379,8 +379,8 @@ class Negotiations(RuleBasedStateMachine):
         """A guest writes its own decision or a request in dom0's area: refused."""
         domid = self.guest(data).domid
         conn = self.host.store.connect(domid)
-        for path in (f"{paths.decision_dir(domid)}/{records.GRANTED_PAGES}",
-                     f"{paths.request_dir(0, domid)}/{records.REQUEST_ID}"):
+        for path in (f"{paths.decision_node(domid)}/{records.GRANTED_PAGES}",
+                     f"{paths.request_node(0, domid)}/{records.REQUEST_ID}"):
             if conn.ask("write", path, "99") != "ERR EACCES":
                 self.host.violations.append(f"domain {domid} wrote {path}")
         conn.close()

@@ -127,8 +127,8 @@ def test_death_leaves_no_node(libxl_cleans: bool) -> None:
     host.request(domid, PAGES)
     host.destroy(domid, libxl_cleans=libxl_cleans)
     host.settle()
-    assert not host.store.paths_under(paths.decision_dir(domid))
-    assert not host.store.paths_under(paths.request_dir(0, domid))
+    assert not host.store.paths_under(paths.decision_node(domid))
+    assert not host.store.paths_under(paths.request_node(0, domid))
 
 
 # Bugs, each shown by the smallest scenario the stateful tests led to.
@@ -238,7 +238,7 @@ def test_a_request_directory_too_big_to_list_stops_no_watcher() -> None:
     honest = host.create_guest(BASE)
     hostile = host.create_guest(BASE, stubdom=True)
     junk = host.store.connect(hostile.dm)
-    where = paths.request_dir(hostile.dm, hostile.domid)
+    where = paths.request_node(hostile.dm, hostile.domid)
     for i in range(300):  # 300 names of 20 bytes
         junk.write(f"{where}/junk-{i:03}-0123456789", b"x")
     junk.close()

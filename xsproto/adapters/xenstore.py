@@ -18,7 +18,7 @@ import queue
 import random
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import pyxs
@@ -221,15 +221,6 @@ class Xenstore:
         names: list[bytes] = self._call(path, lambda: client.list(_b(path))) or []
         return [n.decode("ascii", errors="replace") for n in names]
 
-    def read_dir(self, path: str) -> dict[str, bytes]:
-        """The values of ``path``'s children (missing children are left out)."""
-        out = {}
-        for name in self.children(path):
-            value = self.read(f"{path}/{name}")
-            if value is not None:
-                out[name] = value
-        return out
-
     def perms(self, path: str) -> list[str] | None:
         """The node's permissions (``n0``, ``r3``, ...; the first names the owner); None
         if absent."""
@@ -261,16 +252,6 @@ class Xenstore:
         client = self._active
         self._tx_wrote = True
         self._call(path, lambda: client.delete(_b(path)))
-
-    def write_dir(self, path: str, nodes: Mapping[str, bytes],
-                  perms: Iterable[str] | None = None) -> None:
-        """Write children of ``path`` in order; ``perms`` go on the directory first, and
-        children created after it inherit them (xenstored copies a parent's perms)."""
-        if perms is not None:
-            self.write(path, b"")
-            self.set_perms(path, perms)
-        for key, value in nodes.items():
-            self.write(f"{path}/{key}", value)
 
     # Transactions.
 
