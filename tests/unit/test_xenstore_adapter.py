@@ -249,12 +249,12 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 # Reads and writes.
 
-def test_read_write_children_read_dir_remove(xs: Xenstore, xsd: FakeXenstored) -> None:
+def test_read_write_children_remove(xs: Xenstore, xsd: FakeXenstored) -> None:
     xs.write("/a/b/c", b"1")
     xs.write("/a/b/d", b"two")
     assert xs.read("/a/b/c") == b"1"
+    assert xs.read("/a/b/d") == b"two"
     assert xs.children("/a/b") == ["c", "d"]
-    assert xs.read_dir("/a/b") == {"c": b"1", "d": b"two"}
     xs.remove("/a/b")
     assert xs.read("/a/b/c") is None
     assert xs.children("/a/b") == []
@@ -265,7 +265,7 @@ def test_read_write_children_read_dir_remove(xs: Xenstore, xsd: FakeXenstored) -
 def test_a_missing_node_reads_as_none(xs: Xenstore) -> None:
     assert xs.read("/nowhere") is None
     assert xs.owner("/nowhere") is None
-    assert xs.read_dir("/nowhere") == {}
+    assert xs.children("/nowhere") == []
 
 
 def test_an_empty_value_is_written_as_such(xs: Xenstore, xsd: FakeXenstored) -> None:
@@ -275,16 +275,6 @@ def test_an_empty_value_is_written_as_such(xs: Xenstore, xsd: FakeXenstored) -> 
     assert xs.read("/a/b") == b""
     assert xs.read("/a/new") == b""
     assert xsd.ops(WRITE)[1:] == [(0, b"/a/b\0"), (0, b"/a/new\0")]
-
-
-def test_write_dir_puts_perms_on_the_directory_before_its_children(
-        xs: Xenstore, xsd: FakeXenstored) -> None:
-    xs.write_dir("/local/domain/7/dm", {"version": b"1", "state": b""}, perms=["n7", "r0"])
-    assert xs.owner("/local/domain/7/dm") == 7
-    assert xs.owner("/local/domain/7/dm/state") == 7
-    assert xs.read_dir("/local/domain/7/dm") == {"version": b"1", "state": b""}
-    types = [op for op, _, _ in xsd.requests if op in (WRITE, SET_PERMS)]
-    assert types == [WRITE, SET_PERMS, WRITE, WRITE]
 
 
 def test_a_refusal_is_a_xenstore_error_naming_the_path(xs: Xenstore,
@@ -322,7 +312,7 @@ def test_transact_commits_what_fn_wrote_and_returns_its_result(
         return "done"
 
     assert xs.transact(fn) == "done"
-    assert xs.read_dir("/a") == {"x": b"1", "y": b""}
+    assert (xs.read("/a/x"), xs.read("/a/y")) == (b"1", b"")
     assert len(xsd.ops(TRANSACTION_START)) == 1
     assert [tx for tx, _ in xsd.ops(WRITE)] == [1, 1]
     assert xsd.ops(TRANSACTION_END) == [(1, b"T\0")]
@@ -435,7 +425,7 @@ def test_watch_events_arrive_and_a_timeout_gives_none(xs: Xenstore, xsd: FakeXen
     start = time.monotonic()
     assert xs.next_event(timeout=0.05) is None
     assert 0.04 <= time.monotonic() - start < 2
-    xs.transact(lambda t: t.write_dir("/w", {"a": b"1", "b": b"2"}))
+    xs.transact(lambda t: (t.write("/w/a", b"1"), t.write("/w/b", b"2")))
     assert xs.next_batch(timeout=5) == [("/w/a", "tok"), ("/w/b", "tok")]  # one commit
     xs.unwatch("/w", "tok")
     assert xsd.watches == []
