@@ -425,7 +425,12 @@ def test_watch_events_arrive_and_a_timeout_gives_none(xs: Xenstore, xsd: FakeXen
     start = time.monotonic()
     assert xs.next_event(timeout=0.05) is None
     assert 0.04 <= time.monotonic() - start < 2
-    xs.transact(lambda t: (t.write("/w/a", b"1"), t.write("/w/b", b"2")))
+
+    def write_two(t: Xenstore) -> None:
+        t.write("/w/a", b"1")
+        t.write("/w/b", b"2")
+
+    xs.transact(write_two)
     assert xs.next_batch(timeout=5) == [("/w/a", "tok"), ("/w/b", "tok")]  # one commit
     xs.unwatch("/w", "tok")
     assert xsd.watches == []
