@@ -578,12 +578,11 @@ struct hostile {
     const char *message;  /* expected in the error */
 };
 
-/* An unknown key long enough to take a record past XSP_RECORD_MAX. */
-#define OVERLONG "x="     "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"     "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"     "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"     "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"     "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"     "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"     "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"     "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"     "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"     "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\n"
-
 static int run_hostile(uint32_t domid)
 {
-    static const struct hostile cases[] = {
+    /* An unknown key long enough to take a record past XSP_RECORD_MAX. */
+    char overlong[XSP_RECORD_MAX + 4];
+    const struct hostile cases[] = {
         {"max-pages above base + granted", {SET("max-pages", "99999")}, NULL, false,
          "inconsistent record: max-pages must equal base-pages + granted-pages"},
         {"a leading zero", {SET("granted-pages", "016")}, NULL, false,
@@ -621,7 +620,7 @@ static int run_hostile(uint32_t domid)
          "/extra-pages: granted-pages: given twice"},
         {"a line that is not key=value", {{NULL, NULL, 0}}, "GRANTED\n", false,
          "/extra-pages: line 9 is not key=value: 'GRANTED'"},
-        {"a value over the bound", {{NULL, NULL, 0}}, OVERLONG, false,
+        {"a value over the bound", {{NULL, NULL, 0}}, overlong, false,
          "/extra-pages: longer than 1024 bytes: 'version=2"},
     };
     static const struct node none[CHANGES] = {{NULL, NULL, 0}};
@@ -637,6 +636,10 @@ static int run_hostile(uint32_t domid)
         perror("xs_open");
         return 1;
     }
+    memset(overlong, 'y', sizeof overlong - 2);
+    memcpy(overlong, "x=", 2);
+    overlong[sizeof overlong - 2] = '\n';
+    overlong[sizeof overlong - 1] = '\0';
     remove_decision(xs, domid);
     xsproto *h = open_or_die(domid);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
