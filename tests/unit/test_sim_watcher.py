@@ -247,6 +247,33 @@ def test_junk_below_a_request_node_stops_no_watcher() -> None:
     assert isinstance(record, DecisionRecord) and record.granted_pages == PAGES
 
 
+def test_junk_beside_a_request_node_stops_no_clean_up() -> None:
+    """A stubdom device model fills the request node's parent with names too many to list
+    (E2BIG on oxenstored) and asks; its guest dies with no libxl to clean up: the watcher
+    still removes the request and the decision (the parent is left to libxl), and still
+    collects every other dead domain."""
+    host = Host(Flavour.OCAML)
+    host.watcher("A").start()
+    hostile = host.create_guest(BASE, stubdom=True)
+    other = host.create_guest(BASE)
+    host.settle()
+    assert isinstance(host.request(other.domid, PAGES), DecisionRecord)
+    assert isinstance(host.request(hostile.domid, PAGES), DecisionRecord)
+    junk = host.store.connect(hostile.dm)
+    parent = paths.device_model_guest_dir(hostile.dm, hostile.domid)
+    for i in range(300):  # 300 names of 20 bytes
+        junk.write(f"{parent}/junk-{i:03}-0123456789", b"x")
+    junk.close()
+    host.destroy(hostile.domid, libxl_cleans=False)
+    host.destroy(other.domid, libxl_cleans=False)
+    host.store.fire_special("@releaseDomain")
+    host.settle()
+    left = host.store.paths_under(parent)
+    assert paths.request_node(hostile.dm, hostile.domid) not in left and len(left) == 301
+    for domid in (hostile.domid, other.domid):
+        assert not host.store.paths_under(paths.decision_node(domid))
+
+
 def test_the_audit_line_of_a_first_grant_says_the_limit_before(
         caplog: pytest.LogCaptureFixture) -> None:
     """A first grant's audit line has the limit and grant before it (the base, 0), as a

@@ -457,16 +457,22 @@ def test_next_event_without_a_watch_is_an_error(xs: Xenstore) -> None:
 # What the adapter assumes of pyxs beyond its public API (see the adapter's "pyxs private"
 # functions). Written against pyxs 0.4.1; also true of its master (0.4.2-dev).
 
-def test_pyxs_private_write_empty() -> None:
-    """``_write_empty``: where pyxs's public ``write`` refuses b"" (0.4.0, 0.4.1) it falls
-    back to ``Client.ack(op, *payload_parts)`` with XS_WRITE; the wire payload itself is
-    checked by test_an_empty_value_is_written_as_such."""
+def test_pyxs_private_write(xs: Xenstore, xsd: FakeXenstored) -> None:
+    """``_write``: pyxs's public ``write`` refuses a line feed (a record's value holds
+    them) and, on 0.4.0 and 0.4.1, b""; the adapter sends XS_WRITE's "path\\0value" itself
+    through the client's router, the value's bytes as they are, in or out of a
+    transaction."""
     from pyxs._internal import Op
 
-    assert Op.WRITE == adapter.XS_WRITE
-    params = list(inspect.signature(pyxs.Client.ack).parameters.values())
-    assert [p.kind for p in params] == [inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                        inspect.Parameter.VAR_POSITIONAL]
+    assert (Op.WRITE, Op.ERROR) == (adapter.XS_WRITE, adapter.XS_ERROR)
+    with pyxs.Client(unix_socket_path=xsd.path) as client, pytest.raises(ValueError):
+        client.write(b"/r", b"version=2\npages=1\n")
+    value = b"version=2\nreason=a=b\nx=\x01\xff\x00\n"
+    xs.write("/r", value)
+    xs.transact(lambda t: t.write("/t", value))
+    assert xs.read("/r") == xs.read("/t") == value
+    writes = xsd.ops(WRITE)
+    assert writes == [(0, b"/r\0" + value), (1, b"/t\0" + value)]
 
 
 def test_pyxs_private_monitor_events(xsd: FakeXenstored) -> None:

@@ -28,7 +28,7 @@ from xsproto import logs, negotiation, paths, records
 from xsproto.adapters import systemd, xenstore_records
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.errors import ProtocolError, TransactionConflict
+from xsproto.errors import ProtocolError, TransactionConflict, XenstoreError
 from xsproto.exitcodes import Exit
 from xsproto.io import HypervisorIO, XenstoreIO
 from xsproto.negotiation import Apply, Decision, DomainInfo, HostInfo, Ignore, Reject
@@ -508,10 +508,15 @@ class Watcher:
 
     def _remove_request(self, dm: int, domid: int) -> None:
         """Remove the request; and its parent too when the device model left nothing else
-        there (no QEMU, as for PVH: the agent created it)."""
+        there (no QEMU, as for PVH: the agent created it). A parent too big to list (a
+        device model can fill it: E2BIG) is not empty, and is left to libxl."""
         self.xs.remove(paths.request_node(dm, domid))
         parent = paths.device_model_guest_dir(dm, domid)
-        if not self.xs.children(parent) and self.xs.read(parent) is not None:
+        try:
+            left = self.xs.children(parent)
+        except XenstoreError:
+            return
+        if not left and self.xs.read(parent) is not None:
             self.xs.remove(parent)
 
     def forget(self, domid: int) -> None:
