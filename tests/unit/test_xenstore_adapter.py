@@ -9,7 +9,6 @@ and answers only READ), hence ``FakeXenstored`` below.
 from __future__ import annotations
 
 import errno
-import inspect
 import os
 import queue
 import shutil
