@@ -83,8 +83,8 @@ def main() -> int:
     print(f"  {limit(hv, NAME)}")
 
     say("The protocol's state in xenstore")
-    sh("xenstore-ls", "-p", paths.device_model_guest_dir(0, domid))
-    sh("xenstore-ls", "-p", paths.decision_node(domid))
+    sh("xenstore-read", paths.request_node(0, domid))
+    sh("xenstore-ls", "-p", f"{paths.DECISION_ROOT}/{domid}")  # the node, its permissions
 
     images = Path("/var/lib/xsproto-demo")
     images.mkdir(exist_ok=True)
