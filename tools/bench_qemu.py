@@ -34,6 +34,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.lab import guests
+from xsproto import paths
+from xsproto.adapters import xenstore_records
+from xsproto.adapters.xenstore import Xenstore
+from xsproto.records import Request
 
 VENV_BIN = Path(sys.executable).parent
 XSPROTO = str(VENV_BIN / "xsproto")
@@ -56,10 +60,10 @@ def destroy() -> None:
 def requested_pages() -> int:
     """The pages of the request the guest's QEMU (in dom0) wrote."""
     domid = guests.domid_of(NAME)
-    out = subprocess.run(
-        ["xenstore-read", f"/local/domain/0/device-model/{domid}/extra-pages/pages"],
-        capture_output=True, text=True, check=True)
-    return int(out.stdout)
+    with Xenstore() as xs:
+        raw = xenstore_records.read_request(xs, 0, domid)
+    assert raw is not None, f"domain {domid}: no request"
+    return Request.parse(raw, where=paths.request_node(0, domid)).pages
 
 
 def wait_for_watcher(log: Path, watcher: subprocess.Popen[bytes]) -> None:

@@ -113,8 +113,8 @@ def main() -> int:
     qemu_log(NAME, ("xsproto",))
     print(f"  {limit(hv, NAME)}")
     domid = guests.domid_of(NAME)
-    sh("xenstore-ls", "-p", paths.device_model_guest_dir(0, domid))
-    sh("xenstore-ls", "-p", paths.decision_dir(domid))
+    sh("xenstore-read", paths.request_node(0, domid))  # each record is one node
+    sh("xenstore-read", paths.decision_node(domid))
     sh(XSPROTO, "status", "--domid", str(domid))
 
     say("A hostile ask (far beyond the policy cap) is rejected and changes nothing")
@@ -144,7 +144,7 @@ def save_restore(hv: Hypervisor, images: Path) -> None:
     say("xsproto restore: the new domain's limit is raised before the libxc stream starts")
     sh(XSPROTO, "restore", "-p", str(image))
     print(f"  {limit(hv, NAME)}")
-    sh("xenstore-ls", "-p", paths.decision_dir(guests.domid_of(NAME)))
+    sh("xenstore-read", paths.decision_node(guests.domid_of(NAME)))
     image.unlink()
 
     say("Live migration to localhost, three times: the limit does not grow")

@@ -34,7 +34,7 @@ def check_grant(decision: DecisionRecord | None, domain: DomainInfo) -> Grant | 
     watcher finishes it within moments.
     """
     d = domain.domid
-    where = paths.decision_dir(d)
+    where = paths.decision_node(d)
     if not domain.exists:
         raise HypervisorError("no such domain", domid=d)
     if domain.dying:
@@ -43,7 +43,7 @@ def check_grant(decision: DecisionRecord | None, domain: DomainInfo) -> Grant | 
         return None
     if decision.state is DecisionState.APPLYING:
         raise ProtocolError("negotiation still applying; retry once it is decided",
-                            path=f"{where}/{records.STATE}")
+                            path=records.key_path(where, records.STATE))
     grant = decision.grant
     if domain.max_pages != grant.max_pages:
         raise HypervisorError(

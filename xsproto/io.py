@@ -7,7 +7,7 @@ test suite's simulator (tests/sim) are interchangeable beneath them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, Self, TypeVar
 
 from xsproto.negotiation import DomainInfo
@@ -32,9 +32,6 @@ class XenstoreIO(Protocol):
     def set_perms(self, path: str, perms: Iterable[str]) -> None: ...
 
     def remove(self, path: str) -> None: ...
-
-    def write_dir(self, path: str, nodes: Mapping[str, bytes],
-                  perms: Iterable[str] | None = None) -> None: ...
 
     def transact(self, fn: Callable[[Self], T], *, attempts: int = ...) -> T: ...
 

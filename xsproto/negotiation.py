@@ -8,7 +8,7 @@ spurious watch events, restarts and racing watchers cannot raise it twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Generic, TypeVar
@@ -27,7 +27,6 @@ from xsproto.values import (
     DEFAULT_TIMEOUT,
     PAGES_MAX,
     REQUEST_ID_MAX,
-    parse_request_id,
 )
 
 
@@ -79,7 +78,7 @@ class Apply:
 
 @dataclass(frozen=True)
 class Reject:
-    """Write ``record``; if it is None the domain is gone: remove both directories."""
+    """Write ``record``; if it is None the domain is gone: remove both nodes."""
 
     code: RejectCode
     detail: str
@@ -107,7 +106,7 @@ class Asked:
 
     request: Request
     where: str
-    """The request directory."""
+    """The request node."""
     owner: int
     dm_domid: int
     domain: DomainInfo
@@ -140,7 +139,8 @@ class Asked:
         return self.limiter.next_arrival(self.domain.domid, self.now, self.limits.rate)
 
     def path(self, key: str) -> str:
-        return f"{self.where}/{key}"
+        """How a rejection names one of the request's keys."""
+        return records.key_path(self.where, key)
 
 
 def _written_by_the_device_model(a: Asked) -> str | None:
@@ -248,7 +248,7 @@ A new rule is one function and one row here."""
 
 
 def decide(
-    nodes: Mapping[str, bytes],
+    raw: bytes | None,
     *,
     owner: int,
     dm_domid: int,
@@ -259,26 +259,23 @@ def decide(
     limiter: RateLimiter,
     now: float,
 ) -> Decision:
-    """Answer the request in ``nodes`` (the request directory's children). Pure: nothing
-    is changed, the rate charge included (``Apply.charge``).
+    """Answer the request ``raw`` (the request node's value, None when absent). Pure:
+    nothing is changed, the rate charge included (``Apply.charge``).
 
-    ``owner`` is the owner domid in the request-id node's permissions. A pending
+    ``owner`` is the owner domid in the request node's permissions. A pending
     ``applying`` record is finished first (``recover``); call again once it is done.
     """
     if current is not None and current.state is DecisionState.APPLYING:
         return recover(current, domain)
-    where = paths.request_dir(dm_domid, domain.domid)
+    where = paths.request_node(dm_domid, domain.domid)
     last = current.request_id if current else 0
-    raw_id = nodes.get(records.REQUEST_ID)
-    if raw_id is None:
-        return Ignore("no request-id: nothing asked yet")
-    try:
-        answer_id = parse_request_id(raw_id, path=f"{where}/{records.REQUEST_ID}")
-    except ProtocolError:
-        answer_id = last  # unreadable id: the rejection keeps the last decided one
-    else:
-        if answer_id <= last:
-            return Ignore(f"request-id {answer_id} already decided (last {last})")
+    if not raw:
+        return Ignore("no request: nothing asked yet")
+    answer_id = records.request_id_in(raw, where=where) or 0
+    if answer_id == 0:
+        answer_id = last  # no readable id: the rejection keeps the last decided one
+    elif answer_id <= last:
+        return Ignore(f"request-id {answer_id} already decided (last {last})")
 
     def reject(code: RejectCode, detail: str, rule: str) -> Decision:
         record = _rejection(code, detail, answer_id, current, domain)
@@ -290,7 +287,7 @@ def decide(
         if (detail := gone.check(domain)) is not None:
             return Reject(gone.code, detail, None, gone.name)
     try:
-        request = Request.from_nodes(nodes, where=where)
+        request = Request.parse(raw, where=where)
     except UnsupportedVersion as err:
         return reject(RejectCode.BAD_VERSION, str(err), "version")
     except ProtocolError as err:
@@ -403,13 +400,13 @@ class DeviceModelSide:
         timeout: float = DEFAULT_TIMEOUT,
     ) -> tuple[DeviceModelSide, Request]:
         """Build the next request above ``decided`` (the recorded decision's request-id,
-        0 for none) and ``written`` (a request-id already in the request directory): a
+        0 for none) and ``written`` (a request-id already in the request node): a
         restarted device model must not reuse an id."""
         floor = max(self.request_id, written, decided)
         if floor >= REQUEST_ID_MAX:
             raise ProtocolError(f"no request-id left above {floor}: remove the request and "
-                                "decision directories to start over",
-                                path=paths.request_dir(self.dm_domid, self.domid))
+                                "decision nodes to start over",
+                                path=paths.request_node(self.dm_domid, self.domid))
         request = Request(pages=pages, reason=reason, request_id=floor + 1)
         state = replace(
             self,
@@ -421,7 +418,7 @@ class DeviceModelSide:
         return state, request
 
     def observe(self, record: DecisionRecord | None) -> DeviceModelSide:
-        """Take in the decision directory; decisions for older ids change nothing."""
+        """Take in the decision record; decisions for older ids change nothing."""
         if record is None:
             return self
         if self.state is not DmState.REQUESTED:
@@ -434,7 +431,7 @@ class DeviceModelSide:
         if record.request_id > self.request_id:
             raise ProtocolError(
                 f"decision for request-id {record.request_id}, newest asked {self.request_id}",
-                path=paths.decision_dir(self.domid),
+                path=paths.decision_node(self.domid),
             )
         if record.request_id < self.request_id or record.state is DecisionState.APPLYING:
             return self

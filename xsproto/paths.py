@@ -1,12 +1,12 @@
 """The xenstore layout of the protocol: every path xsproto uses, built and parsed here.
 
 Requests live in the device model's own area (writable by a deprivileged or stubdom
-device model); decisions live under /libxl, which only dom0 can write.
+device model); decisions live under /libxl, which only dom0 can write. Each record is one
+node (protocol version 2), its keys in its value (``xsproto.records``).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,7 +21,6 @@ OWN_DOMID: Final = "domid"
 """Relative: a connection's own domain id, as xenstored resolves relative paths."""
 RELEASE_DOMAIN: Final = "@releaseDomain"
 INTRODUCE_DOMAIN: Final = "@introduceDomain"
-_KEY: Final = re.compile(r"[a-z][a-z0-9-]*")
 PATH_MAX_BYTES: Final = 3072
 """xenstored's XENSTORE_ABS_PATH_MAX."""
 
@@ -56,19 +55,20 @@ def device_model_guest_dir(dm_domid: int, domid: int) -> str:
     return f"{device_model_area(dm_domid)}/{_check_domid(domid)}"
 
 
-def request_dir(dm_domid: int, domid: int) -> str:
-    """Where device model ``dm_domid`` asks for extra pages for guest ``domid``."""
+def request_node(dm_domid: int, domid: int) -> str:
+    """The node in which device model ``dm_domid`` asks for extra pages for ``domid``."""
     return f"{device_model_guest_dir(dm_domid, domid)}/{LEAF}"
 
 
-def decision_dir(domid: int) -> str:
-    """Where the toolstack records its decision and the pages granted to ``domid``."""
+def decision_node(domid: int) -> str:
+    """The node in which the toolstack records its decision and the pages granted to
+    ``domid``."""
     return f"{DECISION_ROOT}/{_check_domid(domid)}/{LEAF}"
 
 
 def freeze_path(domid: int) -> str:
     """Present while an image hook saves ``domid``: the watcher then decides nothing for
-    it (a grant raised mid-save would not be in the image). Beside the decision directory,
+    it (a grant raised mid-save would not be in the image). Beside the decision node,
     so dom0 alone can write it; its value names the process holding it."""
     return f"{DECISION_ROOT}/{_check_domid(domid)}/{LEAF}-frozen"
 
@@ -79,7 +79,7 @@ def dm_domid_path(domid: int) -> str:
 
 
 def decision_permissions(dm_domid: int) -> tuple[str, ...]:
-    """xenstore permissions of the decision directory: dom0 owns it, M may read it."""
+    """xenstore permissions of the decision node: dom0 owns it, M may read it."""
     return ("n0",) if _check_domid(dm_domid) == 0 else ("n0", f"r{dm_domid}")
 
 
@@ -87,18 +87,16 @@ def decision_permissions(dm_domid: int) -> tuple[str, ...]:
 class RequestPath:
     dm_domid: int
     domid: int
-    key: str | None
-    """None for the directory itself."""
 
 
 @dataclass(frozen=True)
 class DecisionPath:
     domid: int
-    key: str | None
 
 
 def parse(path: str | bytes) -> RequestPath | DecisionPath:
-    """Classify a path (e.g. from a watch event); anything else is a ProtocolError."""
+    """Classify a path (e.g. from a watch event) as a request node's or a decision node's;
+    anything else (a node below one of them included) is a ProtocolError."""
     if not path.isascii():
         raise ProtocolError("path is not ASCII", path=ascii(path[:64]))
     if isinstance(path, bytes):
@@ -106,10 +104,10 @@ def parse(path: str | bytes) -> RequestPath | DecisionPath:
     if len(path) > PATH_MAX_BYTES:
         raise ProtocolError("path too long", path=path[:64] + "...")
     match _below(path, DOMAINS_ROOT), _below(path, DECISION_ROOT):
-        case [m, area, d, leaf, *rest], _ if (area, leaf) == (DEVICE_MODEL, LEAF):
-            return RequestPath(_domid(m, path), _domid(d, path), _key(rest, path))
-        case _, [d, leaf, *rest] if leaf == LEAF:
-            return DecisionPath(_domid(d, path), _key(rest, path))
+        case [m, area, d, leaf], _ if (area, leaf) == (DEVICE_MODEL, LEAF):
+            return RequestPath(_domid(m, path), _domid(d, path))
+        case _, [d, leaf] if leaf == LEAF:
+            return DecisionPath(_domid(d, path))
     raise ProtocolError("not an xsproto path", path=path)
 
 
@@ -121,13 +119,3 @@ def _below(path: str, root: str) -> list[str]:
 def _domid(part: str, path: str) -> int:
     return parse_domid(part.encode("ascii"), path=path)
 
-
-def _key(rest: list[str], path: str) -> str | None:
-    """The key below a record's directory (which keys a record has is ``records``' to
-    say), or None for the directory itself."""
-    match rest:
-        case []:
-            return None
-        case [key] if _KEY.fullmatch(key):
-            return key
-    raise ProtocolError("not a record key", path=path)

@@ -1,9 +1,11 @@
-"""The protocol's xenstore records as frozen dataclasses.
+"""The protocol's xenstore records as frozen dataclasses, each held in one node.
 
-``from_nodes`` takes a directory's children (key -> raw bytes) and parses each value
-strictly with xsproto.values before construction, so construction only ever refuses
-cross-field invariants. ``to_nodes`` gives the inverse, in write order. The fields'
-rules (xsproto.fields) also give the records' JSON form and published schemas.
+A record's node holds ``key=value`` lines, each ended by a line feed, its keys in field
+order (protocol version 2). ``parse`` takes the node's value, checks the lines' framing
+(``split``), then parses each of the record's keys strictly with xsproto.values before
+construction, so construction only ever refuses cross-field invariants. ``encode`` gives
+the inverse. The fields' rules (xsproto.fields) give the keys, their grammar, their order
+and also the records' JSON form and published schemas: a new key is one field.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Final, Literal, TypeVar
 
-from xsproto import fields, paths
+from xsproto import fields
 from xsproto.errors import ProtocolError
 from xsproto.fields import Choice, Const, Int, Key, Text
 from xsproto.grant import Grant
@@ -41,8 +43,14 @@ GRANTED_PAGES: Final = "granted-pages"
 MAX_PAGES: Final = "max-pages"
 """The keys other modules name; a record's keys are its fields' (``fields.Key``)."""
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 _VERSION_BYTES: Final = str(PROTOCOL_VERSION).encode("ascii")
+RECORD_MAX_BYTES: Final = 1024
+"""The longest value a record's node may hold. A decision is at most 403 bytes (its
+longest values: state ``applying``, origin ``request``, a 19-digit request-id, 10-digit
+pages, a 256-byte reason), a request 194: the rest is room for compatible extensions,
+well inside xenstored's node quota (2048 bytes)."""
+_KEY: Final = re.compile(rb"[a-z][a-z-]*")
 
 
 class DecisionState(StrEnum):
@@ -62,7 +70,7 @@ class UnsupportedVersion(ProtocolError):
     """The record is of another protocol version (rejection code bad-version)."""
 
 
-Version = Annotated[Literal[1], Const(PROTOCOL_VERSION)]
+Version = Annotated[Literal[2], Const(PROTOCOL_VERSION)]
 Pages = Annotated[int, Int(0, PAGES_MAX)]
 _PRINTABLE: Final = r"^[\x20-\x7e]*$"
 _CODE: Final = re.compile(r"[a-z][a-z-]*")
@@ -71,20 +79,57 @@ _CODE: Final = re.compile(r"[a-z][a-z-]*")
 T = TypeVar("T")
 
 
-def _read(nodes: Mapping[str, bytes], where: str, key: str, parse: Callable[..., T]) -> T:
-    path = f"{where}/{key}"
-    raw = nodes.get(key)
+def key_path(node: str, key: str) -> str:
+    """How an error names one key of the record held at ``node``."""
+    return f"{node}: {key}"
+
+
+def split(raw: bytes, *, where: str) -> dict[str, bytes]:
+    """A record node's value as key -> raw value: at most RECORD_MAX_BYTES, every line
+    ``key=value`` ended by a line feed, each key ``^[a-z][a-z-]*$`` and given once. The
+    values are not looked at (each record parses its own keys; other keys are ignored)."""
+    if len(raw) > RECORD_MAX_BYTES:
+        raise ProtocolError(f"longer than {RECORD_MAX_BYTES} bytes: {show(raw)}", path=where)
+    if not raw.endswith(b"\n"):
+        raise ProtocolError(f"not ended by a line feed: {show(raw)}", path=where)
+    out: dict[str, bytes] = {}
+    for number, line in enumerate(raw[:-1].split(b"\n"), start=1):
+        key, sep, value = line.partition(b"=")
+        if not sep or _KEY.fullmatch(key) is None:
+            raise ProtocolError(f"line {number} is not key=value: {show(line)}", path=where)
+        name = key.decode("ascii")
+        if name in out:
+            raise ProtocolError("given twice", path=key_path(where, name))
+        out[name] = value
+    return out
+
+
+def request_id_in(raw: bytes | None, *, where: str) -> int | None:
+    """The request-id a record's value names (0 included), None when the value is empty,
+    does not frame, or has no readable request-id: a quick look, the rest unchecked."""
+    try:
+        value = split(raw, where=where).get(REQUEST_ID) if raw else None
+        if value is None:
+            return None
+        return parse_decimal(value, path=key_path(where, REQUEST_ID), hi=REQUEST_ID_MAX)
+    except ProtocolError:
+        return None
+
+
+def _read(lines: Mapping[str, bytes], where: str, key: str, parse: Callable[..., T]) -> T:
+    path = key_path(where, key)
+    raw = lines.get(key)
     if raw is None:
         raise ProtocolError("missing", path=path)
     return parse(raw, path=path)
 
 
-def _check_version(nodes: Mapping[str, bytes], where: str) -> None:
-    raw = nodes.get(VERSION)
+def _check_version(lines: Mapping[str, bytes], where: str) -> None:
+    raw = lines.get(VERSION)
     if raw != _VERSION_BYTES:
         got = "missing" if raw is None else show(raw)
         raise UnsupportedVersion(
-            f"version {got}, expected {PROTOCOL_VERSION}", path=f"{where}/{VERSION}"
+            f"version {got}, expected {PROTOCOL_VERSION}", path=key_path(where, VERSION)
         )
 
 
@@ -109,13 +154,13 @@ class Request:
         fields.check(self)
 
     @classmethod
-    def from_nodes(cls, nodes: Mapping[str, bytes], *, where: str = "") -> Request:
-        """Parse a request directory; unknown keys are ignored (compatible extensions)."""
-        return _from_nodes(cls, nodes, where)
+    def parse(cls, raw: bytes, *, where: str = "") -> Request:
+        """Parse a request node's value; unknown keys are ignored (compatible extensions)."""
+        return _parse(cls, raw, where)
 
-    def to_nodes(self) -> dict[str, bytes]:
-        """Children to write, request-id last (it is what the watcher acts on)."""
-        return _to_nodes(self)
+    def encode(self) -> bytes:
+        """The node's value."""
+        return _encode(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,30 +207,16 @@ class DecisionRecord:
         return code, detail
 
     @classmethod
-    def from_nodes(cls, nodes: Mapping[str, bytes], *, where: str = "") -> DecisionRecord:
-        return _from_nodes(cls, nodes, where)
+    def parse(cls, raw: bytes, *, where: str = "") -> DecisionRecord:
+        """Parse a decision node's value; unknown keys are ignored."""
+        return _parse(cls, raw, where)
 
-    def to_nodes(self) -> dict[str, bytes]:
-        return _to_nodes(self)
-
-
-REQUEST_KEYS: Final = tuple(spec.key for spec in fields.specs(Request))
-"""A request's keys in write order: request-id last."""
-DECISION_KEYS: Final = tuple(spec.key for spec in fields.specs(DecisionRecord))
+    def encode(self) -> bytes:
+        return _encode(self)
 
 
-def parse_path(path: str | bytes) -> paths.RequestPath | paths.DecisionPath:
-    """Classify a path (e.g. from a watch event) as a request's or a decision's, down to
-    its key; anything else is a ProtocolError."""
-    where = paths.parse(path)
-    keys = REQUEST_KEYS if isinstance(where, paths.RequestPath) else DECISION_KEYS
-    if where.key is not None and where.key not in keys:
-        raise ProtocolError("unknown key", path=str(path))
-    return where
-
-
-def _node_value(rule: fields.Rule, raw: bytes, path: str) -> object:
-    """One node's value, parsed by the strict grammar (xsproto.values) of its rule."""
+def _value(rule: fields.Rule, raw: bytes, path: str) -> object:
+    """One key's value, parsed by the strict grammar (xsproto.values) of its rule."""
     if isinstance(rule, Int):
         return parse_decimal(raw, path=path, lo=rule.lo, hi=rule.hi)
     if isinstance(rule, Text):
@@ -196,10 +227,10 @@ def _node_value(rule: fields.Rule, raw: bytes, path: str) -> object:
 
 
 def _parser(rule: fields.Rule) -> Callable[..., object]:
-    return lambda raw, *, path: _node_value(rule, raw, path)
+    return lambda raw, *, path: _value(rule, raw, path)
 
 
-def _node_bytes(value: object) -> bytes:
+def _value_bytes(value: object) -> bytes:
     if isinstance(value, StrEnum):
         return value.value.encode("ascii")
     if isinstance(value, str):
@@ -211,17 +242,21 @@ def _node_bytes(value: object) -> bytes:
 R = TypeVar("R", Request, DecisionRecord)
 
 
-def _from_nodes(cls: type[R], nodes: Mapping[str, bytes], where: str) -> R:
-    """Parse a record's directory (key -> raw bytes), every key by its field's rule."""
-    _check_version(nodes, where)
+def _parse(cls: type[R], raw: bytes, where: str) -> R:
+    """Parse a record node's value: its framing, its version, then every key by its
+    field's rule."""
+    lines = split(raw, where=where)
+    _check_version(lines, where)
     values: dict[str, object] = {}
     for spec in fields.specs(cls):
         if spec.key != VERSION:
-            values[spec.name] = _read(nodes, where, spec.key, _parser(spec.rule))
+            values[spec.name] = _read(lines, where, spec.key, _parser(spec.rule))
     return _build(cls, values, where)
 
 
-def _to_nodes(record: Request | DecisionRecord) -> dict[str, bytes]:
-    """The record's nodes in field order (the order they are written in)."""
-    return {spec.key: _node_bytes(getattr(record, spec.name))
-            for spec in fields.specs(type(record))}
+def _encode(record: Request | DecisionRecord) -> bytes:
+    """The record's lines in field order."""
+    value = b"".join(spec.key.encode("ascii") + b"=" + _value_bytes(getattr(record, spec.name))
+                     + b"\n" for spec in fields.specs(type(record)))
+    assert len(value) <= RECORD_MAX_BYTES  # the fields' rules bound every value
+    return value

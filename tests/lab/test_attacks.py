@@ -7,8 +7,9 @@ of its own that it owns, and is named its own device model, so that everything x
 lets it write reaches the watcher. It writes requests for itself and for another domain,
 in its area and in dom0's, poses as dom0 by giving its request to dom0, writes and
 removes decisions under /libxl, names itself the other's device model; then it floods its
-area with junk keys up to its quota (directories too big to list in one message) and
-rewrites its requests without pause until told to stop. Meanwhile a legitimate PV guest,
+area and its guest directory (the request node's parent) with junk keys up to its quota
+(directories too big to list in one message) and rewrites its requests without pause
+until told to stop. Meanwhile a legitimate PV guest,
 whose device model is dom0's agent, asks for pages and is answered as promptly as before.
 """
 
@@ -24,10 +25,10 @@ import pytest
 from tests.lab.conftest import GuestFactory, WatcherProcess
 from tests.sim.xenstore import Flavour
 from tools.lab import attacker, fetch
-from xsproto import paths, records
+from xsproto import paths
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.adapters.xenstore_records import domids_under, read_decision, read_request
+from xsproto.adapters.xenstore_records import domids_under, read_decision, request_in
 from xsproto.agents import device_model
 from xsproto.negotiation import RejectCode
 from xsproto.records import DecisionRecord, DecisionState
@@ -103,23 +104,19 @@ def expected_answers(evil: int, legit: int, flavour: Flavour) -> dict[tuple[str,
     refused = "ERR EACCES"
     answers: dict[tuple[str, str], str] = {}
 
-    def request(where: str, answer: str) -> None:
-        answers.update({("write", f"{where}/{key}"): answer for key in records.REQUEST_KEYS})
-
     # Its own area, which it owns: xenstored takes the requests; the watcher judges them.
-    request(paths.request_dir(evil, evil), "OK")
-    request(paths.request_dir(evil, legit), "OK")
+    answers["write", paths.request_node(evil, evil)] = "OK"
+    answers["write", paths.request_node(evil, legit)] = "OK"
     # Giving its node to dom0, as if dom0 had written it (the owner is who wrote).
-    answers["perms", f"{paths.request_dir(evil, legit)}/{records.REQUEST_ID}"] = (
+    answers["perms", paths.request_node(evil, legit)] = (
         "ERR EPERM" if flavour is Flavour.C else refused)
     # Everything else is dom0's.
-    request(paths.request_dir(0, evil), refused)
-    request(paths.request_dir(0, legit), refused)
-    answers["remove", paths.request_dir(0, legit)] = refused
+    answers["write", paths.request_node(0, evil)] = refused
+    answers["write", paths.request_node(0, legit)] = refused
+    answers["remove", paths.request_node(0, legit)] = refused
     for domid in (evil, legit):
-        answers.update({("write", f"{paths.decision_dir(domid)}/{key}"): refused
-                        for key in records.DECISION_KEYS})
-    answers["remove", paths.decision_dir(legit)] = refused
+        answers["write", paths.decision_node(domid)] = refused
+    answers["remove", paths.decision_node(legit)] = refused
     answers["write", paths.dm_domid_path(legit)] = refused
     return answers
 
@@ -142,8 +139,9 @@ def test_a_guest_attacking_from_inside_changes_nothing_and_delays_nobody(
     xs.write(f"{control}/other", str(legit).encode())
     attacked = wait_said("attacker", "flood start")
     during = [timed(xs, legit, DURING[0])]
-    # Once the request directory is full of junk (too big to list) and its rewrites go on:
-    wait_said("attacker", f"junk {paths.request_dir(evil, evil)} ", begins=True)
+    # Once the request node's directory is full of junk (too big to list) and the
+    # rewrites go on:
+    wait_said("attacker", f"junk {paths.device_model_guest_dir(evil, evil)} ", begins=True)
     during.append(timed(xs, legit, DURING[1]))
     flooding = attacker.console_log("attacker")
     xs.write(f"{control}/stop", b"1")
@@ -162,19 +160,21 @@ def test_a_guest_attacking_from_inside_changes_nothing_and_delays_nobody(
     assert "rewrites" not in flooding.counts and said.counts["rewrites"]["stop"] == "asked"
     rewrites = said.counts["rewrites"]
     assert int(rewrites["own"]) == int(rewrites["other"]) == int(rewrites["rounds"]) > 0
-    for where in (paths.request_dir(evil, evil), area):
+    for where in (paths.device_model_guest_dir(evil, evil), area):
         junk = said.counts[f"junk {where}"]
         assert int(junk["ok"]) + int(junk["refused"]) == 500
     # Listing them: C xenstored's node quota (its record, names included, under 2048
     # bytes) kept them small; oxenstored's lets them outgrow a message (4096 bytes).
     too_big = "OK" if flavour is Flavour.C else "ERR E2BIG"
     assert {where: answer for (request, where), answer in said.answers.items()
-            if request == "list"} == {paths.request_dir(evil, evil): too_big, area: too_big}
+            if request == "list"} == {paths.device_model_guest_dir(evil, evil): too_big,
+                                      area: too_big}
     filled = int(said.counts[f"filled {area}"]["keys"])
     quota = "ERR ENOSPC" if flavour is Flavour.C else "ERR EQUOTA"
     assert said.answers["write", f"{area}/fill-{filled}"] == quota
-    nodes, owner = read_request(xs, 0, legit)
-    assert owner == 0 and nodes["request-id"] == str(final.request_id).encode()
+    raw, owner = xs.transact(lambda t: request_in(t, 0, legit))
+    assert owner == 0 and raw is not None
+    assert f"request-id={final.request_id}\n".encode() in raw
     assert xs.read(paths.dm_domid_path(legit)) is None
 
     # The watcher: the attacker's request for itself rejected as the protocol says (a
@@ -188,14 +188,14 @@ def test_a_guest_attacking_from_inside_changes_nothing_and_delays_nobody(
     assert evil_record.granted_pages == 0 and evil_record.max_pages == limits[evil]
     assert read_decision(xs, legit) == final and final.base_pages == first.base_pages
     recorded = {d for d in domids_under(xs, paths.DECISION_ROOT)
-                if xs.children(paths.decision_dir(d))}
+                if xs.read(paths.decision_node(d))}
     assert recorded == {legit, evil}
     assert {d: hv.domain(d).max_pages for d in limits} == {
         **limits, legit: first.base_pages + FINAL}
     assert logged(watcher, "audit", f"domid={evil}", "result=rejected", f"dm={evil}",
-                  f"path={paths.request_dir(evil, evil)}", f"code={RejectCode.WRONG_WRITER}")
+                  f"path={paths.request_node(evil, evil)}", f"code={RejectCode.WRONG_WRITER}")
     assert logged(watcher, "WARNING", "ignored", f"domid={legit}", f"dm={evil}",
-                  f"path={paths.request_dir(evil, legit)}")
+                  f"path={paths.request_node(evil, legit)}")
     assert max(t for _, t in during) < PROMPT and after < PROMPT
     assert watcher.proc is not None and watcher.proc.poll() is None
 

@@ -20,7 +20,7 @@ from tests.lab.conftest import GuestFactory, WatcherProcess
 from xsproto import paths
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.adapters.xenstore_records import read_decision, read_request
+from xsproto.adapters.xenstore_records import read_decision, request_in, write_decision
 from xsproto.agents import device_model
 from xsproto.carrying import restored
 from xsproto.grant import Grant
@@ -51,14 +51,14 @@ def test_c_client_against_the_python_watcher(make_guest: GuestFactory,
 def test_hostile_decisions_are_errors_never_grants(make_guest: GuestFactory,
                                                    hv: Hypervisor) -> None:
     """No watcher: the test binary answers its own requests with malformed records, ids it
-    never wrote, missing directories, and one valid grant (the control)."""
+    never wrote, values that do not frame, a missing node, and one valid grant (the control)."""
     domid = make_guest()
     base = hv.domain(domid).max_pages
     done = clients.run_test_binary("asan", "hostile", domid)
     print(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr
     assert " 0 failed" in done.stdout
-    assert len(re.findall(r"-> protocol-error: /libxl/\d+/extra-pages", done.stdout)) == 15
+    assert len(re.findall(r"-> protocol-error: /libxl/\d+/extra-pages: ", done.stdout)) == 20
     assert hv.domain(domid).max_pages == base
 
 
@@ -76,10 +76,11 @@ def test_python_and_c_take_turns_on_the_same_records(
     # C continues Python's request-ids, and Python reads C's request as its own.
     assert c_ask(domid, 32, "c: option ROMs") == (
         0, f"granted request-id=2 base-pages={base} granted-pages=32 max-pages={base + 32}")
-    nodes, owner = read_request(xs, 0, domid)
-    where = paths.request_dir(0, domid)
-    assert Request.from_nodes(nodes, where=where) == Request(pages=32, reason="c: option ROMs",
-                                                             request_id=2)
+    raw, owner = xs.transact(lambda t: request_in(t, 0, domid))
+    where = paths.request_node(0, domid)
+    assert raw is not None
+    assert Request.parse(raw, where=where) == Request(pages=32, reason="c: option ROMs",
+                                                      request_id=2)
     assert owner == 0
     record = read_decision(xs, domid)
     assert record is not None and (record.request_id, record.granted_pages) == (2, 32)
@@ -97,7 +98,7 @@ def test_python_and_c_take_turns_on_the_same_records(
     other = make_guest()
     other_base = hv.domain(other).max_pages
     carried = restored(Grant(other_base, 64))
-    xs.write_dir(paths.decision_dir(other), carried.to_nodes(), paths.decision_permissions(0))
+    write_decision(xs, other, 0, carried)
     hv.set_max_pages(other, carried.max_pages)
     assert c_ask(other, 64, "c: after restore") == (
         0, f"granted request-id=1 base-pages={other_base} granted-pages=64 "

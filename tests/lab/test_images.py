@@ -66,7 +66,7 @@ def grant(domid: int, pages: int = EXTRA, *, populate: bool = True) -> int:
     record = DecisionRecord(state=DecisionState.GRANTED, request_id=1, base_pages=base,
                             granted_pages=pages, max_pages=base + pages)
     with Xenstore() as xs:
-        xs.write_dir(paths.decision_dir(domid), record.to_nodes(), paths.decision_permissions(0))
+        xenstore_records.write_decision(xs, domid, 0, record)
     hv.set_max_pages(domid, base + pages)
     if populate:
         devicemodel.populate(domid, pages)
@@ -74,10 +74,8 @@ def grant(domid: int, pages: int = EXTRA, *, populate: bool = True) -> int:
 
 
 def decision(domid: int) -> DecisionRecord | None:
-    where = paths.decision_dir(domid)
     with Xenstore() as xs:
-        nodes = xs.read_dir(where)
-    return DecisionRecord.from_nodes(nodes, where=where) if nodes else None
+        return xenstore_records.read_decision(xs, domid)
 
 
 def domid_named(name: str) -> int | None:

@@ -26,7 +26,7 @@ from tools.lab import guests
 from xsproto import paths
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.adapters.xenstore_records import read_decision, read_request
+from xsproto.adapters.xenstore_records import read_decision, read_request, request_in
 from xsproto.records import DecisionRecord, DecisionState, Origin, Request
 
 pytestmark = pytest.mark.lab
@@ -142,7 +142,7 @@ def assert_carried(xs: Xenstore, hv: Hypervisor, domid: int, log_name: str) -> N
     record = granted(xs, domid)
     assert record.origin is Origin.RESTORE
     assert (record.base_pages, record.granted_pages) == (BASE, ROM_PAGES)
-    assert read_request(xs, 0, domid)[0] == {}
+    assert read_request(xs, 0, domid) is None
     log = qemu_log(log_name)
     assert "when runstate is INMIGRATE" in log and "xsproto-qemu" not in log, log
 
@@ -167,8 +167,9 @@ def test_the_wrapper_starts_it_and_xsproto_save_restore_and_migrate_carry_it(
     guest fails (the seed's bug, with the real device model)."""
     guest = hvm(FAILS)
     domid = running(guest)
-    nodes, owner = read_request(xs, 0, domid)
-    request = Request.from_nodes(nodes, where=paths.request_dir(0, domid))
+    raw, owner = xs.transact(lambda t: request_in(t, 0, domid))
+    assert raw is not None
+    request = Request.parse(raw, where=paths.request_node(0, domid))
     assert (request.pages, request.request_id, owner) == (ROM_PAGES, 1, 0)
     assert request.reason.startswith("QEMU xen_ram_alloc: 64 pages at pfn 0x")
     record = granted(xs, domid)
@@ -253,7 +254,7 @@ def test_a_cap_below_the_need_fails_qemu_and_changes_nothing(
     assert guest.result.returncode != 0
     log = guest.log()
     assert "rejected (over-domain-cap): " in log, log
-    assert f"/extra-pages/pages: {ROM_PAGES} > cap {ROM_PAGES - 1}" in log
+    assert f"/extra-pages: pages: {ROM_PAGES} > cap {ROM_PAGES - 1}" in log
     assert f"not populating; max_pages stays {BASE}" in log, log
     assert POPULATE_FAILED in log
     assert guest.domid is None and domid_named(guest.name) is None

@@ -45,7 +45,7 @@ def test_the_watcher_serves_domains_among_hundreds(
         assert (record.base_pages, record.granted_pages, record.max_pages) == \
             (base, 64, base + 64)
         assert hv.domain(domid).max_pages == base + 64
-        for where in (paths.request_dir(0, domid), paths.decision_dir(domid)):
+        for where in (paths.request_node(0, domid), paths.decision_node(domid)):
             xs.remove(where)  # these domains are never introduced to xenstored: no
             # @releaseDomain will come for them, so the test tidies what it made
     untouched = empties[1]

@@ -154,14 +154,15 @@ def test_follow_prints_decoded_events(make_guest: GuestFactory, watcher: Watcher
                                 env={**os.environ, "PYTHONUNBUFFERED": "1",
                                      "PYTHONFAULTHANDLER": "1"})
     try:
-        # Ready once it decodes something: an incomplete request (no request-id, so the
-        # watcher leaves it alone) is shown as a request with a problem.
-        probe = f"{paths.request_dir(0, domid)}/reason"
+        # Ready once it decodes something: a malformed request (no version, no id: the
+        # watcher rejects it with request-id 0, and the agent's next id is 1) is shown as a
+        # request with a problem.
+        probe = paths.request_node(0, domid)
         deadline = time.monotonic() + 120
         lines = Lines(follower)
         while (first := lines.next(2.0)) is None:
             assert time.monotonic() < deadline, "status --follow printed nothing"
-            xs.write(probe, b"probe")
+            xs.write(probe, b"reason=probe\n")
         assert json.loads(first)["kind"] == "request"
         request_pages(xs, domid, 512, "followed")
         events: list[dict[str, object]] = []

@@ -206,7 +206,7 @@ def test_libxl_makes_and_removes_a_guests_nodes(make_guest: GuestFactory,
     subprocess.run(["xl", "destroy", str(probe)], check=True)
     ids = range(probe + 1, probe + 9)
     for d in ids:
-        xs.write(f"/libxl/{d}/{paths.LEAF}/state", b"stale")
+        xs.write(f"/libxl/{d}/{paths.LEAF}", b"state=stale\n")
     request = ""
     try:
         domid = make_guest()
@@ -215,12 +215,12 @@ def test_libxl_makes_and_removes_a_guests_nodes(make_guest: GuestFactory,
         assert paths.LEAF not in xs.children(f"/libxl/{domid}")
         assert xs.perms(paths.domain_dir(domid)) == ["n0", f"r{domid}"]
         assert xs.perms(f"{paths.domain_dir(domid)}/data") == [f"n{domid}"]
-        request = paths.request_dir(0, domid)
-        xs.write(f"{request}/x", b"1")
+        request = paths.request_node(0, domid)
+        xs.write(request, b"x=1\n")
         subprocess.run(["xl", "destroy", str(domid)], check=True)
         assert xs.perms(paths.domain_dir(domid)) is None
         assert xs.perms(f"/libxl/{domid}") is None
-        assert xs.read(f"{request}/x") == b"1"
+        assert xs.read(request) == b"x=1\n"
     finally:
         for d in ids:
             xs.remove(f"/libxl/{d}")

@@ -36,7 +36,7 @@ class Tally:
 
 def sender() -> str:
     """The innermost xsproto function on the stack and the one that called it, lambdas
-    skipped (``decision_in < read_decision``)."""
+    skipped (``read_decision < _answer``)."""
     names: list[str] = []
     frame: FrameType | None = sys._getframe(2)
     while frame is not None and len(names) < 2:

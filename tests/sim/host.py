@@ -11,13 +11,13 @@ connection, as kill -9 would leave it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
 from tests.sim.faults import Crash, Plan
 from tests.sim.xen import Domain, Hypercalls, Xen
-from tests.sim.xenstore import INTRODUCE_DOMAIN, Connection, Flavour, Store
+from tests.sim.xenstore import INTRODUCE_DOMAIN, Connection, Flavour, Store, make_dir
 from xsproto import paths
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
@@ -186,7 +186,7 @@ class Host:
             self.store.set_target(guest.dm, domid)
             self.libxl.write(paths.dm_domid_path(domid), str(guest.dm).encode())
             area = paths.device_model_guest_dir(guest.dm, domid)
-            self.libxl.transact(lambda t: t.write_dir(area, {}, [f"n{guest.dm}", f"r{domid}"]))
+            self.libxl.transact(lambda t: make_dir(t, area, [f"n{guest.dm}", f"r{domid}"]))
         self.guests[domid] = guest
         return guest
 
@@ -195,12 +195,12 @@ class Host:
 
         def make(t: Connection) -> None:
             t.remove(home)
-            t.write_dir(home, {}, ["n0", f"r{domid}"])
+            make_dir(t, home, ["n0", f"r{domid}"])
             t.write(f"{home}/name", name.encode())
             t.write(f"{home}/domid", str(domid).encode())
-            t.write_dir(f"{home}/data", {}, mine)
+            make_dir(t, f"{home}/data", mine)
             t.remove(f"{paths.DECISION_ROOT}/{domid}")
-            t.write_dir(f"{paths.DECISION_ROOT}/{domid}", {}, ["n0"])
+            make_dir(t, f"{paths.DECISION_ROOT}/{domid}", ["n0"])
 
         self.libxl.transact(make)
         self.store.fire_special(INTRODUCE_DOMAIN)
@@ -245,14 +245,13 @@ class Host:
         finally:
             conn.close()
 
-    def write_request(self, domid: int, nodes: Mapping[str, bytes], *,
-                      dm: int | None = None) -> None:
-        """Raw request nodes, hostile ones included, written in one transaction as the
-        agent writes them, from ``dm`` (default: the guest's device model)."""
+    def write_request(self, domid: int, raw: bytes, *, dm: int | None = None) -> None:
+        """A raw request value, hostile ones included, written in one write as the agent
+        writes it, from ``dm`` (default: the guest's device model)."""
         who = self.guests[domid].dm if dm is None else dm
         conn = self.store.connect(who, name=f"raw-dm-{who}")
         try:
-            conn.transact(lambda t: t.write_dir(paths.request_dir(who, domid), nodes))
+            conn.write(paths.request_node(who, domid), raw)
         finally:
             conn.close()
 

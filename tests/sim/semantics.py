@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from tests.sim.xenstore import C_NODE_HEADER, ENTRIES_PER_DOMAIN, VALUE_MAX, Flavour
+from tests.sim.xenstore import C_NODE_HEADER, ENTRIES_PER_DOMAIN, VALUE_MAX, Flavour, make_dir
 from tools.lab import initramfs
 from xsproto.errors import XenstoreError
 from xsproto.io import XenstoreIO
@@ -70,12 +70,12 @@ def guest_probes(flavour: Flavour) -> list[Probe]:
     return [
         Probe("domid", "read", "domid", answer="OK {D}"),
         # Only dom0 writes the decision; a guest cannot write in dom0's device-model area.
-        Probe("write-libxl", "write", "/libxl/{D}/extra-pages/state", ("granted",),
+        Probe("write-libxl", "write", "/libxl/{D}/extra-pages", ("granted",),
               "ERR EACCES", ()),
-        Probe("write-dm-area", "write", "/local/domain/0/device-model/{D}/extra-pages/x",
+        Probe("write-dm-area", "write", "/local/domain/0/device-model/{D}/extra-pages",
               ("1",), "ERR EACCES", ()),
         # A missing node under one the guest may not read: C hides whether it exists.
-        Probe("read-hidden", "read", "/libxl/{D}/extra-pages/version",
+        Probe("read-hidden", "read", "/libxl/{D}/extra-pages",
               answer="ERR EACCES" if c else "ERR ENOENT"),
         Probe("read-missing", "read", "data/sim-none", answer="ERR ENOENT"),
         # A created node inherits its parent's permissions; in C its creator owns it.
@@ -89,9 +89,9 @@ def guest_probes(flavour: Flavour) -> list[Probe]:
         # A stubdom (a domain with a target) acts for its guest: it reads what its guest
         # may read, but before any decision the guest's record is hidden on C.
         Probe("target-read", "read", "/local/domain/{T}/domid", answer="OK {T}"),
-        Probe("target-read-hidden", "read", "/libxl/{T}/extra-pages/version",
+        Probe("target-read-hidden", "read", "/libxl/{T}/extra-pages",
               answer="ERR EACCES" if c else "ERR ENOENT"),
-        Probe("target-area", "write", "/local/domain/{D}/device-model/{T}/extra-pages/x",
+        Probe("target-area", "write", "/local/domain/{D}/device-model/{T}/extra-pages",
               ("1",), perms=("n{D}", "r{T}")),
         # Quotas: the size of a node, the nodes a domain owns (C undoes a refused write
         # whole; oxenstored keeps the parents it made, so the domain is at its quota).
@@ -127,7 +127,7 @@ def _committed(conn: XenstoreIO, fn: Callable[[XenstoreIO], object]) -> str:
 def parents_inherit(connect: Connect, top: str) -> object:
     """A write creates the missing parents, each with its parent's permissions."""
     a = connect()
-    a.write_dir(top, {}, ["n0", "r5"])
+    make_dir(a, top, ["n0", "r5"])
     a.write(f"{top}/x/y/z", b"v")
     return [a.perms(f"{top}/{p}") for p in ("x", "x/y", "x/y/z")]
 
@@ -408,8 +408,8 @@ def prepare_guest(xs: XenstoreIO, domid: int, target: int,
     and the go."""
     home = f"/local/domain/{domid}"
     set_target(domid, target)
-    xs.write_dir(f"{home}/device-model/{target}", {}, [f"n{domid}", f"r{target}"])
-    xs.write_dir(f"{home}/{SHARED}", {}, ["n0", f"w{domid}"])
+    make_dir(xs, f"{home}/device-model/{target}", [f"n{domid}", f"r{target}"])
+    make_dir(xs, f"{home}/{SHARED}", ["n0", f"w{domid}"])
     xs.write(f"{home}/{RESULTS}", b"")
     xs.write(f"{home}/data/sim-target", str(target).encode())
     xs.write(f"{home}/data/sim-go", b"1")

@@ -27,6 +27,7 @@ from typing import TypeVar
 from tests.sim.faults import Crash, FaultPoint, Plan
 from xsproto.adapters.xenstore import BATCH_MAX, TRANSACTION_ATTEMPTS
 from xsproto.errors import ProtocolError, TransactionConflict, XenstoreError
+from xsproto.io import XenstoreIO
 
 T = TypeVar("T")
 
@@ -83,6 +84,13 @@ def parse_perms(perms: Iterable[str]) -> tuple[Perm, ...]:
 
 def show_perms(perms: Sequence[Perm]) -> list[str]:
     return [f"{letter}{domid}" for letter, domid in perms]
+
+
+def make_dir(xs: XenstoreIO, path: str, perms: Sequence[str]) -> None:
+    """What libxl does for a directory: the node, then its permissions (children made
+    after it inherit them)."""
+    xs.write(path, b"")
+    xs.set_perms(path, perms)
 
 
 def parent_of(path: str) -> str:
@@ -588,14 +596,6 @@ class Connection:
 
     def remove(self, path: str) -> None:
         self._request("rm", path, lambda t, p: t.remove(p))
-
-    def write_dir(self, path: str, nodes: Mapping[str, bytes],
-                  perms: Iterable[str] | None = None) -> None:
-        if perms is not None:
-            self.write(path, b"")
-            self.set_perms(path, perms)
-        for key, value in nodes.items():
-            self.write(f"{path}/{key}", value)
 
     def transact(self, fn: Callable[[Connection], T], *,
                  attempts: int = TRANSACTION_ATTEMPTS) -> T:

@@ -440,7 +440,7 @@ def test_nothing_to_carry_without_a_grant() -> None:
 def test_grant_refused_while_applying_or_when_xen_disagrees() -> None:
     with pytest.raises(ProtocolError, match="applying") as err:
         carrying.check_grant(_decision(DecisionState.APPLYING), LIVE)
-    assert err.value.path == "/libxl/3/extra-pages/state"
+    assert err.value.path == "/libxl/3/extra-pages: state"
     with pytest.raises(HypervisorError, match="max_pages 40000 differs"):
         carrying.check_grant(_decision(), DomainInfo(domid=3, exists=True, max_pages=40000))
     with pytest.raises(HypervisorError, match="no such domain"):

@@ -176,9 +176,9 @@ def test_the_attack_script_is_valid_shell() -> None:
 def test_the_attacks_console_lines_are_read_back() -> None:
     console = ("[    2.1] xen: console\r\n"
                "xsattack: self=5 other=7\r\n"
-               "xsattack: write /libxl/5/extra-pages/state ERR EACCES\r\n"
-               "xsattack: write /local/domain/5/device-model/5/extra-pages/pages OK\n"
-               "xsattack: perms /local/domain/5/device-model/7/extra-pages/request-id ERR EPERM\n"
+               "xsattack: write /libxl/5/extra-pages ERR EACCES\r\n"
+               "xsattack: write /local/domain/5/device-model/5/extra-pages OK\n"
+               "xsattack: perms /local/domain/5/device-model/7/extra-pages ERR EPERM\n"
                "[    9.0] random: crng init done\n"
                "xsattack: junk /local/domain/5/device-model ok=450 refused=50 seconds=3\n"
                "xsattack: write /local/domain/5/device-model/fill-12 ERR ENOSPC\n"
@@ -187,9 +187,9 @@ def test_the_attacks_console_lines_are_read_back() -> None:
                "xsattack: done\n")
     log = attacker.read_log(console)
     assert log.answers == {
-        ("write", "/libxl/5/extra-pages/state"): "ERR EACCES",
-        ("write", "/local/domain/5/device-model/5/extra-pages/pages"): "OK",
-        ("perms", "/local/domain/5/device-model/7/extra-pages/request-id"): "ERR EPERM",
+        ("write", "/libxl/5/extra-pages"): "ERR EACCES",
+        ("write", "/local/domain/5/device-model/5/extra-pages"): "OK",
+        ("perms", "/local/domain/5/device-model/7/extra-pages"): "ERR EPERM",
         ("write", "/local/domain/5/device-model/fill-12"): "ERR ENOSPC"}
     assert log.counts["junk /local/domain/5/device-model"] == {
         "ok": "450", "refused": "50", "seconds": "3"}

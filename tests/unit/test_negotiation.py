@@ -35,16 +35,22 @@ from xsproto.values import DECISION_REASON_MAX_BYTES
 D, M, BASE = 5, 0, 33024
 GUEST = DomainInfo(domid=D, exists=True, max_pages=BASE, tot_pages=32768, name="web1")
 HOST = HostInfo(free_pages=1_000_000, granted_elsewhere=0)
-WHERE = paths.request_dir(M, D)
+WHERE = paths.request_node(M, D)
 
 
 def nodes(pages: int = 2048, rid: int = 1, **raw: bytes) -> dict[str, bytes]:
-    base = Request(pages=pages, request_id=rid, reason="option ROMs").to_nodes()
+    """A request's keys and values (a hostile one's too), ``lines`` makes its node's value."""
+    base = records.split(Request(pages=pages, request_id=rid, reason="option ROMs").encode(),
+                         where=WHERE)
     return base | {k.replace("_", "-"): v for k, v in raw.items()}
 
 
+def lines(keys: dict[str, bytes]) -> bytes:
+    return b"".join(k.encode() + b"=" + v + b"\n" for k, v in keys.items())
+
+
 def run(
-    request: dict[str, bytes],
+    request: dict[str, bytes] | bytes | None,
     current: DecisionRecord | None = None,
     *,
     owner: int = M,
@@ -56,7 +62,7 @@ def run(
     now: float = 0.0,
 ) -> Decision:
     return decide(
-        request,
+        lines(request) if isinstance(request, dict) else request,
         owner=owner,
         dm_domid=dm_domid,
         current=current,
@@ -119,10 +125,27 @@ def test_decided_ids_are_ignored(rid: int) -> None:
     assert isinstance(run(nodes(9999999, rid), granted(2048, 2)), Ignore)
 
 
-def test_no_request_id_yet_is_ignored() -> None:
+def test_no_request_is_ignored() -> None:
+    assert isinstance(run(None), Ignore)
+    assert isinstance(run(b""), Ignore)  # a node made as a parent, or by a v1 peer's key
+
+
+def test_a_request_without_a_request_id_is_rejected_once_with_the_last_id() -> None:
+    """A node is written whole: a request without its id is malformed, not half written."""
     partial = {k: v for k, v in nodes().items() if k != "request-id"}
-    assert isinstance(run(partial), Ignore)
-    assert isinstance(run({}), Ignore)
+    d = run(partial, granted(2048, 4))
+    assert rejected_code(d) is RejectCode.BAD_VALUE
+    assert isinstance(d, Reject) and d.record is not None and d.record.request_id == 4
+    assert f"{WHERE}: request-id: missing" in d.detail
+    assert isinstance(run(partial, d.record), Ignore)
+
+
+@pytest.mark.parametrize("raw", [lines(nodes())[:-1], lines(nodes()) + b"request-id=2\n",
+                                 lines(nodes()) + b"\n", b"x" * 2000 + b"\n"])
+def test_a_request_that_does_not_frame_is_rejected(raw: bytes) -> None:
+    d = run(raw)
+    assert rejected_code(d) is RejectCode.BAD_VALUE
+    assert isinstance(d, Reject) and d.record is not None and d.record.request_id == 0
 
 
 def test_withdraw_returns_to_base() -> None:
@@ -157,7 +180,8 @@ def test_lowering_is_never_rate_limited_or_budget_checked() -> None:
 
 
 @pytest.mark.parametrize(
-    ("version", "code"), [(b"2", RejectCode.BAD_VERSION), (b"1", RejectCode.BAD_VALUE)]
+    ("version", "code"), [(b"1", RejectCode.BAD_VERSION), (b"3", RejectCode.BAD_VERSION),
+                          (b"2", RejectCode.BAD_VALUE)]
 )
 def test_bad_version_is_checked_before_values(version: bytes, code: RejectCode) -> None:
     d = run(nodes(pages=1, version=version) | {"pages": b"-1"})
@@ -178,7 +202,7 @@ def test_bad_values(key: str, value: bytes) -> None:
     d = run(nodes() | {key: value})
     assert rejected_code(d) is RejectCode.BAD_VALUE
     assert isinstance(d, Reject) and d.record is not None
-    assert f"{WHERE}/{key}" in d.detail
+    assert f"{WHERE}: {key}: " in d.detail
     assert d.record.request_id == 1
     assert d.record.reason.startswith("bad-value: ")
 
@@ -313,7 +337,7 @@ def test_rejection_keeps_recorded_state_and_reports_xen_limit() -> None:
         BASE + 2048,
     )
     assert r.rejection == (RejectCode.OVER_DOMAIN_CAP, d.detail)
-    assert DecisionRecord.from_nodes(r.to_nodes()) == r
+    assert DecisionRecord.parse(r.encode()) == r
     err = d.error(D)
     assert isinstance(err, RequestRejected) and err.code == "over-domain-cap"
 
@@ -423,18 +447,21 @@ def test_replays_crashes_and_restarts_never_raise_twice(
 
 @settings(max_examples=150, deadline=None)
 @given(
-    st.dictionaries(st.sampled_from([*records.REQUEST_KEYS, "x"]), st.binary(max_size=24)),
+    st.one_of(
+        st.dictionaries(st.sampled_from(["version", "pages", "reason", "request-id", "x"]),
+                        st.binary(max_size=24)),
+        st.binary(max_size=64)),
     st.integers(0, 40),
     st.sampled_from([None, granted(100, 3), applying(50, 3)]),
 )
 def test_hostile_requests_always_get_a_valid_decision(
-    raw: dict[str, bytes], owner: int, current: DecisionRecord | None
+    raw: dict[str, bytes] | bytes, owner: int, current: DecisionRecord | None
 ) -> None:
     d = run(raw, current, owner=owner)
     if isinstance(d, Apply):
         assert d.target == d.record.max_pages <= BASE + 8192
     if isinstance(d, Reject) and d.record is not None:
-        assert DecisionRecord.from_nodes(d.record.to_nodes()) == d.record
+        assert DecisionRecord.parse(d.record.encode()) == d.record
 
 
 # --- restore ------------------------------------------------------------------------
@@ -457,7 +484,7 @@ def test_dm_happy_path_through_the_watcher() -> None:
     assert dm.outcome() is None
     dm, req = dm.ask(2048, "option ROMs", now=0.0, decided=0)
     assert dm.state is DmState.REQUESTED and req.request_id == 1
-    d = run(req.to_nodes())
+    d = run(req.encode())
     assert isinstance(d, Apply)
     dm = dm.observe(d.record)
     assert dm.state is DmState.REQUESTED and dm.outcome() is None
@@ -467,7 +494,7 @@ def test_dm_happy_path_through_the_watcher() -> None:
 
 def test_dm_rejection() -> None:
     dm, req = DeviceModelSide(domid=D).ask(10**6, now=0.0, decided=0)
-    d = run(req.to_nodes())
+    d = run(req.encode())
     assert isinstance(d, Reject) and d.record is not None
     dm = dm.observe(d.record)
     assert dm.state is DmState.REJECTED
@@ -495,7 +522,7 @@ def test_dm_refuses_decisions_for_ids_never_asked() -> None:
     dm, _ = DeviceModelSide(domid=D).ask(5, now=0.0, decided=0)
     with pytest.raises(ProtocolError) as err:
         dm.observe(granted(5, 2))
-    assert err.value.path == paths.decision_dir(D)
+    assert err.value.path == paths.decision_node(D)
 
 
 def test_dm_timeout() -> None:
@@ -588,7 +615,7 @@ def test_a_device_model_out_of_request_ids_gets_a_protocol_error() -> None:
     top = granted(10, rid=2**63 - 1)
     with pytest.raises(ProtocolError, match="no request-id left") as err:
         DeviceModelSide(domid=D).observe(top).ask(10, now=0.0, decided=top.request_id)
-    assert err.value.path == paths.request_dir(M, D)
+    assert err.value.path == paths.request_node(M, D)
 
 
 # --- drift: Xen's limit changed behind the record's back (xl mem-max) -------------------

@@ -37,7 +37,7 @@ from xsproto import paths, records
 from xsproto.errors import NegotiationTimeout, ProtocolError, RequestRejected, XenstoreError
 from xsproto.policy import Policy, RateLimit
 from xsproto.records import DecisionRecord, DecisionState, Origin
-from xsproto.values import REQUEST_ID_MAX, parse_request_id
+from xsproto.values import REQUEST_ID_MAX
 
 EXAMPLES = int(os.environ.get("XSPROTO_SIM_EXAMPLES", "40"))
 STEPS = int(os.environ.get("XSPROTO_SIM_STEPS", "25"))
@@ -57,7 +57,7 @@ _REQUEST = re.compile(r"/local/domain/(\d+)/device-model/(\d+)/extra-pages(/.*)?
 
 pages = st.integers(0, 100)
 hostile_values = {
-    records.VERSION: st.sampled_from([b"1", b"2", b"", b"01", b"1 "]),
+    records.VERSION: st.sampled_from([b"2", b"1", b"", b"02", b"2 "]),
     records.PAGES: st.one_of(pages.map(lambda n: str(n).encode()),
                              st.sampled_from([b"-1", b"08", b"1e3", b"", b"9" * 25,
                                               b"\xd9\xa3", b"4294967296"])),
@@ -131,10 +131,10 @@ class Negotiations(RuleBasedStateMachine):
         changed (well formed; a rejection keeps the grant; within cap and budget)."""
         touched = set()
         for path in changed:
-            if (m := _REQUEST.fullmatch(path)) and m[3] == f"/{records.REQUEST_ID}":
-                raw = self.host.store.value(path)
-                if raw is not None and raw.isdigit() and int(m[2]) in self.written:
-                    self.written[int(m[2])].add(int(raw))
+            if (m := _REQUEST.fullmatch(path)) and m[3] is None:
+                asked = records.request_id_in(self.host.store.value(path), where=path)
+                if asked is not None and int(m[2]) in self.written:
+                    self.written[int(m[2])].add(asked)
             elif m := _DECISION.fullmatch(path):
                 touched.add(int(m[1]))
         for domid in touched:
@@ -142,11 +142,10 @@ class Negotiations(RuleBasedStateMachine):
         self.within_budget()
 
     def record(self, domid: int) -> DecisionRecord | None:
-        where = paths.decision_dir(domid)
-        nodes = {k: v for k in records.DECISION_KEYS
-                 if (v := self.host.store.value(f"{where}/{k}")) is not None}
+        where = paths.decision_node(domid)
+        raw = self.host.store.value(where)
         try:
-            return DecisionRecord.from_nodes(nodes, where=where) if nodes else None
+            return DecisionRecord.parse(raw, where=where) if raw else None
         except ProtocolError as e:
             self.host.violations.append(f"malformed record: {e}")
             return None
@@ -233,13 +232,14 @@ class Negotiations(RuleBasedStateMachine):
     def raw_request(self, domid: int, nodes: dict[str, bytes]) -> None:
         if domid in self.host.guests:
             next_id = max(self.written[domid] | self.decided_ids(domid)) + 1
-            full = {records.VERSION: b"1", records.PAGES: b"0", records.REASON: b"",
+            full = {records.VERSION: b"2", records.PAGES: b"0", records.REASON: b"",
                     records.REQUEST_ID: str(next_id).encode(), **nodes}
-            self.host.write_request(domid, full)
+            self.host.write_request(domid, b"".join(
+                key.encode() + b"=" + value + b"\n" for key, value in full.items()))
 
     def abandoned_about(self, domid: int) -> list[str]:
         """Why each transaction the watchers abandoned about ``domid`` was abandoned."""
-        where = paths.decision_dir(domid)
+        where = paths.decision_node(domid)
         return [why for s in self.host.watchers.values() if s.conn is not None
                 for why, accessed in s.conn.abandoned if where in accessed]
 
@@ -254,13 +254,9 @@ class Negotiations(RuleBasedStateMachine):
         return bool(known)
 
     def asked(self, guest: Guest) -> int:
-        """The request-id in the guest's request directory (0: none, or unreadable)."""
-        where = f"{paths.request_dir(guest.dm, guest.domid)}/{records.REQUEST_ID}"
-        raw = self.host.store.value(where)
-        try:
-            return 0 if raw is None else parse_request_id(raw, path=where)
-        except ProtocolError:
-            return 0
+        """The request-id in the guest's request node (0: none, or unreadable)."""
+        where = paths.request_node(guest.dm, guest.domid)
+        return records.request_id_in(self.host.store.value(where), where=where) or 0
 
     def mem_max_to(self, domid: int, pages_: int) -> None:
         """``xl mem-max`` (refused for a domain that is going)."""
@@ -379,8 +375,7 @@ class Negotiations(RuleBasedStateMachine):
         """A guest writes its own decision or a request in dom0's area: refused."""
         domid = self.guest(data).domid
         conn = self.host.store.connect(domid)
-        for path in (f"{paths.decision_dir(domid)}/{records.GRANTED_PAGES}",
-                     f"{paths.request_dir(0, domid)}/{records.REQUEST_ID}"):
+        for path in (paths.decision_node(domid), paths.request_node(0, domid)):
             if conn.ask("write", path, "99") != "ERR EACCES":
                 self.host.violations.append(f"domain {domid} wrote {path}")
         conn.close()
@@ -437,8 +432,11 @@ class Negotiations(RuleBasedStateMachine):
         """``xsproto save`` (the domain goes) then ``xsproto restore``: the grant is
         carried to a new domain id."""
         guest = self.guest(data)
+        watched = any(s.up for s in self.host.watchers.values())
         image = self.host.save(guest.domid)
         if not isinstance(image, Exception):
+            # xl destroys the saved domain: a death, seen by a watcher or not (EARLIER_LIFE)
+            (self.unseen_deaths.discard if watched else self.unseen_deaths.add)(guest.domid)
             self.written.pop(guest.domid, None)
             self.restored.discard(guest.domid)
             self.settle()

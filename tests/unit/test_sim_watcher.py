@@ -11,12 +11,12 @@ import pytest
 from tests.sim.faults import FaultPoint, Plan, crash
 from tests.sim.host import Host
 from tests.sim.xenstore import Flavour
-from xsproto import paths, records
+from xsproto import paths
 from xsproto.adapters import xenstore_records
 from xsproto.agents import watcher
 from xsproto.errors import NegotiationTimeout
 from xsproto.policy import Policy
-from xsproto.records import DecisionRecord, DecisionState
+from xsproto.records import DecisionRecord, DecisionState, Request
 
 BASE = 1000
 PAGES = 64
@@ -53,9 +53,7 @@ def points_of_a_grant() -> list[tuple[FaultPoint, int]]:
 
 
 def write_request(host: Host, domid: int, request_id: int, pages: int) -> None:
-    host.write_request(domid, {records.VERSION: b"1", records.PAGES: str(pages).encode(),
-                               records.REASON: b"", records.REQUEST_ID:
-                               str(request_id).encode()})
+    host.write_request(domid, Request(pages=pages, request_id=request_id).encode())
 
 
 def test_the_hypercall_points_are_the_watchers_checkpoints(
@@ -127,8 +125,8 @@ def test_death_leaves_no_node(libxl_cleans: bool) -> None:
     host.request(domid, PAGES)
     host.destroy(domid, libxl_cleans=libxl_cleans)
     host.settle()
-    assert not host.store.paths_under(paths.decision_dir(domid))
-    assert not host.store.paths_under(paths.request_dir(0, domid))
+    assert not host.store.paths_under(paths.decision_node(domid))
+    assert not host.store.paths_under(paths.request_node(0, domid))
 
 
 # Bugs, each shown by the smallest scenario the stateful tests led to.
@@ -230,15 +228,16 @@ def test_a_device_model_times_out_with_no_watcher() -> None:
     assert isinstance(host.request(domid, PAGES), NegotiationTimeout)
 
 
-def test_a_request_directory_too_big_to_list_stops_no_watcher() -> None:
-    """A stubdom device model fills its request directory with names too long to list in
-    one message (oxenstored answers E2BIG; tests/lab/test_attacks.py has a guest do it):
-    a watcher starting then still serves every other domain. (It stopped at start-up.)"""
+def test_junk_below_a_request_node_stops_no_watcher() -> None:
+    """A stubdom device model puts names below its request node, too many to list in one
+    message (oxenstored answers E2BIG; tests/lab/test_attacks.py has a guest do it): a
+    watcher starting still serves every other domain (it never lists a request node; a
+    request directory used to stop it at start-up)."""
     host = Host(Flavour.OCAML)
     honest = host.create_guest(BASE)
     hostile = host.create_guest(BASE, stubdom=True)
     junk = host.store.connect(hostile.dm)
-    where = paths.request_dir(hostile.dm, hostile.domid)
+    where = paths.request_node(hostile.dm, hostile.domid)
     for i in range(300):  # 300 names of 20 bytes
         junk.write(f"{where}/junk-{i:03}-0123456789", b"x")
     junk.close()
@@ -246,6 +245,33 @@ def test_a_request_directory_too_big_to_list_stops_no_watcher() -> None:
     assert host.watcher("A").up
     record = host.request(honest.domid, PAGES)
     assert isinstance(record, DecisionRecord) and record.granted_pages == PAGES
+
+
+def test_junk_beside_a_request_node_stops_no_clean_up() -> None:
+    """A stubdom device model fills the request node's parent with names too many to list
+    (E2BIG on oxenstored) and asks; its guest dies with no libxl to clean up: the watcher
+    still removes the request and the decision (the parent is left to libxl), and still
+    collects every other dead domain."""
+    host = Host(Flavour.OCAML)
+    host.watcher("A").start()
+    hostile = host.create_guest(BASE, stubdom=True)
+    other = host.create_guest(BASE)
+    host.settle()
+    assert isinstance(host.request(other.domid, PAGES), DecisionRecord)
+    assert isinstance(host.request(hostile.domid, PAGES), DecisionRecord)
+    junk = host.store.connect(hostile.dm)
+    parent = paths.device_model_guest_dir(hostile.dm, hostile.domid)
+    for i in range(300):  # 300 names of 20 bytes
+        junk.write(f"{parent}/junk-{i:03}-0123456789", b"x")
+    junk.close()
+    host.destroy(hostile.domid, libxl_cleans=False)
+    host.destroy(other.domid, libxl_cleans=False)
+    host.store.fire_special("@releaseDomain")
+    host.settle()
+    left = host.store.paths_under(parent)
+    assert paths.request_node(hostile.dm, hostile.domid) not in left and len(left) == 301
+    for domid in (hostile.domid, other.domid):
+        assert not host.store.paths_under(paths.decision_node(domid))
 
 
 def test_the_audit_line_of_a_first_grant_says_the_limit_before(

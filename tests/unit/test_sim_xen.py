@@ -103,7 +103,7 @@ def test_libxl_makes_and_removes_a_guests_nodes() -> None:
     assert paths.LEAF not in host.libxl.children(f"/libxl/{domid}")
     assert host.libxl.perms(paths.domain_dir(domid)) == ["n0", f"r{domid}"]
     assert host.libxl.perms(f"{paths.domain_dir(domid)}/data") == [f"n{domid}"]
-    request = paths.request_dir(0, domid)
+    request = paths.request_node(0, domid)
     host.libxl.write(f"{request}/x", b"1")
     host.destroy(domid)
     assert host.libxl.perms(paths.domain_dir(domid)) is None

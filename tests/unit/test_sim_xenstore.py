@@ -14,7 +14,7 @@ import pytest
 
 from tests.sim.faults import Crash, FaultPoint, Plan, crash
 from tests.sim.xen import Hypercalls, Xen
-from tests.sim.xenstore import Connection, Flavour, Store
+from tests.sim.xenstore import Connection, Flavour, Store, make_dir
 from tests.unit.test_xenstore_adapter import FakeXenstored
 from xsproto.adapters import xenstore_records
 from xsproto.adapters.xenstore import Xenstore
@@ -47,13 +47,13 @@ def test_no_product_module_imports_the_tests() -> None:
 def calls(xs: XenstoreIO) -> None:
     """A bit of every call of ``XenstoreIO`` that sends requests."""
     xs.write("/a/b", b"1")
-    xs.write_dir("/a/d", {"x": b"1", "y": b""}, ["n0", "r3"])
-    xs.write_dir("/a/d", {"x": b"2"})
+    xs.write("/a/d", b"x=1\n")
+    xs.set_perms("/a/d", ["n0", "r3"])
     xs.read("/a/b")
     xs.read("/a/none")
     xs.children("/a")
-    xenstore_records.read_keys(xs, "/a/d", ["x", "y", "z"])
-    xs.owner("/a/d/x")
+    xenstore_records.read_request(xs, 0, 5)
+    xs.owner("/a/d")
     xs.set_perms("/a/b", ["n0"])
     xs.transact(lambda t: t.write("/a/t", t.read("/a/b") or b""))
     with pytest.raises(ValueError):
@@ -167,7 +167,8 @@ def test_a_batch_holds_each_distinct_event_once_and_waiting_fills_it() -> None:
 
 def test_relative_paths_are_below_the_connections_home() -> None:
     store = Store()
-    store.connect(0).write_dir("/local/domain/7", {"domid": b"7"}, ["n0", "r7"])
+    make_dir(store.connect(0), "/local/domain/7", ["n0", "r7"])
+    store.connect(0).write("/local/domain/7/domid", b"7")
     assert store.connect(7).read("domid") == b"7"
 
 

@@ -40,7 +40,8 @@ CONSOLE_DIR = Path("/var/log/xen/console")
 ATTACK_INIT = r"""#!/bin/sh
 # A xenlab attacker guest. From inside the guest (xenstored sees this domain as the
 # writer) it writes the negotiation's nodes where it must not, then floods its own
-# device-model area; each result is a "xsattack: " line on the console.
+# device-model area and rewrites its requests; each result is a "xsattack: " line on the
+# console.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t devtmpfs dev /dev  # /dev/xen/xenbus: the guest's only way to xenstored
@@ -56,21 +57,20 @@ until read_node xsattack/other; [ "${ANSWER#OK }" != "$ANSWER" ]; do sleep 1; do
 other=${ANSWER#OK }
 read_node domid; self=${ANSWER#OK }
 say "self=$self other=$other"
-request() {  # request DIR ID: a request's four keys, request-id last as the protocol says
-  write "$1/version" 1; write "$1/pages" 8000; write "$1/reason" attack
-  write "$1/request-id" "$2"
+nl='
+'
+request() {  # request NODE ID: a request of 8000 pages, its lines in one write
+  write "$1" "version=2${nl}pages=8000${nl}reason=attack${nl}request-id=$2${nl}"
 }
-decision() {  # decision DIR: a granted record of 8000 pages
-  for kv in "version 1" "state granted" "origin request" "request-id 999" \
-            "base-pages 1" "granted-pages 8000" "max-pages 8001" "reason "; do
-    write "$1/${kv% *}" "${kv#* }"
-  done
+decision() {  # decision NODE: a granted record of 8000 pages
+  write "$1" "version=2${nl}state=granted${nl}origin=request${nl}request-id=999${nl}\
+base-pages=1${nl}granted-pages=8000${nl}max-pages=8001${nl}reason=${nl}"
 }
 area=/local/domain/$self/device-model
 dom0=/local/domain/0/device-model
 request $area/$self/extra-pages 1  # its own device model, asking for itself
 request $area/$other/extra-pages 1  # its own area, for another domain...
-chown0 $area/$other/extra-pages/request-id  # ...posing as dom0, the other's device model
+chown0 $area/$other/extra-pages  # ...posing as dom0, the other's device model
 request $dom0/$self/extra-pages 1  # dom0's area, for itself
 request $dom0/$other/extra-pages 999  # dom0's area: the other's own request
 remove $dom0/$other/extra-pages
@@ -98,10 +98,10 @@ fill() {  # fill DIR: one key at a time until xenstored refuses one; that answer
   write "$1/fill-$n" x
   say "filled $1 keys=$n"
 }
-( junk $area/$self/extra-pages; list $area/$self/extra-pages; junk $area; list $area
-  fill $area ) &
-rewrite() {  # rewrite DIR: pages and request-id in one transaction; true if taken
-  xenstore-write "$1/pages" $((rounds % 9000)) "$1/request-id" $((rounds + 2)) 2>/dev/null
+( junk $area/$self; list $area/$self; junk $area; list $area; fill $area ) &
+rewrite() {  # rewrite NODE: a new request in one write; true if taken
+  xenstore-write "$1" "version=2${nl}pages=$((rounds % 9000))${nl}reason=attack${nl}\
+request-id=$((rounds + 2))${nl}" 2>/dev/null
 }
 rounds=0 own=0 theirs=0 stop=
 until [ -n "$stop" ]; do

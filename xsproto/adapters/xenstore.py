@@ -5,7 +5,7 @@ oxenstored's fault injection) or the operation was merely interrupted; a refusal
 (EACCES, EINVAL, ENOENT, E2BIG, ...) is never retried: it becomes XenstoreError.
 
 Only pyxs's public API is used (its documented ``Client``, ``Router``, connections and
-``Monitor``), except in the two functions marked "pyxs private" below, each of which
+``Monitor``), except in the functions marked "pyxs private" below, each of which
 tests/unit/test_xenstore_adapter.py pins down. Checked on pyxs 0.4.1 (the last release)
 and its unreleased master (0.4.2-dev, 2017).
 """
@@ -18,12 +18,14 @@ import queue
 import random
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import pyxs
+from pyxs._internal import NUL, Packet, next_rq_id
 from pyxs.connection import UnixSocketConnection, XenBusConnection
-from pyxs.exceptions import PyXSError
+from pyxs.exceptions import PyXSError, UnexpectedPacket
+from pyxs.helpers import check_path, error
 
 from xsproto.errors import ProtocolError, TransactionConflict, XenstoreError
 
@@ -67,23 +69,29 @@ def backoff_delay(conflicts: int) -> float:
     return random.uniform(0.0, min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (conflicts - 1)))
 
 
-def _write_empty(client: Any, path: bytes) -> None:
-    """Set ``path``'s value to b"" (creating it if needed). pyxs private, on 0.4.x only.
+def _write(client: Any, path: bytes, value: bytes) -> None:
+    """Set ``path``'s value to ``value``, whatever its bytes (creating it if needed).
+    pyxs private, on 0.4.x.
 
-    pyxs 0.4.0 and 0.4.1 refuse an empty value (``Client.write`` checks each part of the
-    payload against a regex that wants one byte or more, and raises a plain ValueError
-    before sending anything); their master accepts it since 2017 (PR #13), unreleased.
-    So: the public ``write`` first, and only when it refuses that way, the same request
-    through ``Client.ack`` (undocumented, under "Private API" in client.py), whose wire
-    payload for XS_WRITE is just "path\\0value" -- here "path\\0".
-    Checked on pyxs 0.4.1 and master 0.4.2-dev; test_pyxs_private_write_empty pins it.
+    pyxs's public ``write`` (through ``Client.ack`` and ``execute_command``) refuses a
+    value with any byte outside 0x00 and 0x20-0x7f (each part of the payload must match
+    its ``_re_7bit_ascii``, and 0.4.0 and 0.4.1 also want one byte or more): a record's
+    value is lines ended by line feeds (protocol version 2), and b"" is a value too. So
+    the request is made as ``execute_command`` makes it, less that check: a
+    ``pyxs._internal.Packet`` of XS_WRITE whose payload is "path\\0value", with the
+    client's transaction id and the next request id, sent through the client's
+    ``router``; the answer is "OK", or xenstored's error as pyxs raises it
+    (``pyxs.helpers.error``). Checked on pyxs 0.4.1; test_pyxs_private_write pins it.
     """
-    try:
-        client.write(path, b"")
-    except PyXSError:  # xenstored's answer, or InvalidPath (a ValueError too): not ours
-        raise
-    except ValueError:
-        client.ack(XS_WRITE, path + b"\0")
+    check_path(path)
+    packet = client.router.send(Packet(XS_WRITE, path + NUL + value, rq_id=next_rq_id(),
+                                       tx_id=client.tx_id)).get()
+    if packet.op == XS_ERROR:
+        raise error(packet.payload[:-1])
+    if packet.op != XS_WRITE or packet.tx_id != client.tx_id:
+        raise UnexpectedPacket(packet)
+    if packet.payload.rstrip(NUL) != b"OK":
+        raise PyXSError(packet.payload)
 
 
 def _next_watch_event(monitor: Any, timeout: float | None) -> tuple[bytes, bytes] | None:
@@ -221,15 +229,6 @@ class Xenstore:
         names: list[bytes] = self._call(path, lambda: client.list(_b(path))) or []
         return [n.decode("ascii", errors="replace") for n in names]
 
-    def read_dir(self, path: str) -> dict[str, bytes]:
-        """The values of ``path``'s children (missing children are left out)."""
-        out = {}
-        for name in self.children(path):
-            value = self.read(f"{path}/{name}")
-            if value is not None:
-                out[name] = value
-        return out
-
     def perms(self, path: str) -> list[str] | None:
         """The node's permissions (``n0``, ``r3``, ...; the first names the owner); None
         if absent."""
@@ -245,10 +244,7 @@ class Xenstore:
     def write(self, path: str, value: bytes) -> None:
         client = self._active
         self._tx_wrote = True
-        if value:
-            self._call(path, lambda: client.write(_b(path), value))
-        else:
-            self._call(path, lambda: _write_empty(client, _b(path)))
+        self._call(path, lambda: _write(client, _b(path), value))
 
     def set_perms(self, path: str, perms: Iterable[str]) -> None:
         client = self._active
@@ -261,16 +257,6 @@ class Xenstore:
         client = self._active
         self._tx_wrote = True
         self._call(path, lambda: client.delete(_b(path)))
-
-    def write_dir(self, path: str, nodes: Mapping[str, bytes],
-                  perms: Iterable[str] | None = None) -> None:
-        """Write children of ``path`` in order; ``perms`` go on the directory first, and
-        children created after it inherit them (xenstored copies a parent's perms)."""
-        if perms is not None:
-            self.write(path, b"")
-            self.set_perms(path, perms)
-        for key, value in nodes.items():
-            self.write(f"{path}/{key}", value)
 
     # Transactions.
 

@@ -13,18 +13,16 @@ import time
 from collections.abc import Callable
 
 from xsproto import fields, paths, records
-from xsproto.adapters import xenstore_records
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.errors import NegotiationTimeout, ProtocolError, RequestRejected
+from xsproto.errors import NegotiationTimeout, RequestRejected
 from xsproto.exitcodes import Exit
 from xsproto.io import XenstoreIO
 from xsproto.negotiation import DeviceModelSide, RejectCode
 from xsproto.outputs import Outcome, RequestOutput
-from xsproto.records import DecisionRecord, DecisionState
-from xsproto.values import DEFAULT_TIMEOUT, parse_domid, parse_request_id
+from xsproto.records import DecisionRecord
+from xsproto.values import DEFAULT_TIMEOUT, parse_domid
 
 DECISION_TOKEN = "xsproto-decision"
-_APPLYING = DecisionState.APPLYING.value.encode("ascii")
 
 
 def own_domid(xs: XenstoreIO) -> int:
@@ -45,51 +43,43 @@ def request_pages(xs: XenstoreIO, domid: int, pages: int, reason: str = "", *,
     if not xs.children(paths.domain_dir(domid)):
         raise RequestRejected(RejectCode.NO_SUCH_DOMAIN,
                               f"{paths.domain_dir(domid)} does not exist", domid=domid)
-    request_dir, decision_dir = paths.request_dir(dm, domid), paths.decision_dir(domid)
-    xs.watch(decision_dir, DECISION_TOKEN)
+    request_node, decision_node = paths.request_node(dm, domid), paths.decision_node(domid)
+    xs.watch(decision_node, DECISION_TOKEN)
     try:
         side, request = DeviceModelSide(domid, dm).ask(
-            pages, reason, now=clock(), decided=_id_in(xs, decision_dir),
-            written=_id_in(xs, request_dir), timeout=timeout)
-        xs.transact(lambda t: t.write_dir(request_dir, request.to_nodes()))
+            pages, reason, now=clock(), decided=_id_in(xs, decision_node),
+            written=_id_in(xs, request_node), timeout=timeout)
+        xs.write(request_node, request.encode())
+        # The watch came before the write, so every decision written since fires an event
+        # (and registering fired one): wait first, then read.
         while True:
+            xs.next_batch(timeout=max(0.0, side.deadline - clock()))
             record = _answer(xs, domid, request.request_id)
             side = side.observe(record).tick(clock())
             if side.outcome() is not None:
                 assert record is not None  # outcome() is set only from a record
                 return record
-            xs.next_batch(timeout=max(0.0, side.deadline - clock()))
     finally:
-        xs.unwatch(decision_dir, DECISION_TOKEN)
+        xs.unwatch(decision_node, DECISION_TOKEN)
 
 
 def _id_in(xs: XenstoreIO, where: str) -> int:
-    """The request-id recorded in a request or decision directory; 0 when there is none
-    or it is unreadable (the id floor only; a single node, read as it is)."""
-    path = f"{where}/{records.REQUEST_ID}"
-    raw = xs.read(path)
-    try:
-        return 0 if raw is None else parse_request_id(raw, path=path, allow_zero=True)
-    except ProtocolError:
-        return 0
+    """The request-id in a request or decision node; 0 when there is none or it is
+    unreadable (the id floor only)."""
+    return records.request_id_in(xs.read(where), where=where) or 0
 
 
 def _answer(xs: XenstoreIO, domid: int, asked: int) -> DecisionRecord | None:
-    """The decision record once it may answer request ``asked``, else None. Two single
-    reads tell whether the whole record (read in a transaction, strictly) is worth
-    reading: not while it answers an older id, nor while the watcher applies ours."""
-    where = paths.decision_dir(domid)
-    raw_id, state = xs.read(f"{where}/{records.REQUEST_ID}"), xs.read(f"{where}/{records.STATE}")
-    if raw_id is None:
+    """The decision record once it may answer request ``asked``, else None: one read,
+    parsed strictly unless it answers an older id."""
+    where = paths.decision_node(domid)
+    raw = xs.read(where)
+    if not raw:
         return None
-    try:
-        decided = parse_request_id(raw_id, path=f"{where}/{records.REQUEST_ID}",
-                                   allow_zero=True)
-    except ProtocolError:
-        decided = asked  # let the strict read say what is wrong with it
-    if decided < asked or (decided == asked and state == _APPLYING):
+    decided = records.request_id_in(raw, where=where)
+    if decided is not None and decided < asked:
         return None
-    return xenstore_records.read_decision(xs, domid)
+    return DecisionRecord.parse(raw, where=where)
 
 
 def run_request(domid: int, pages: int, reason: str, *, timeout: float,

@@ -79,14 +79,10 @@ def apply_grant(xs: Xenstore, hv: Hypervisor, domid: int, grant: Grant) -> Decis
     """
     record = carrying.restored(grant)
     hv.set_max_pages(domid, record.max_pages)
-    where = paths.decision_dir(domid)
-    perms = paths.decision_permissions(xenstore_records.dm_domid_of(xs, domid))
-
-    def publish(t: Xenstore) -> None:
-        t.remove(where)
-        t.write_dir(where, record.to_nodes(), perms)
-
-    xs.transact(publish)
+    where = paths.decision_node(domid)
+    dm = xenstore_records.dm_domid_of(xs, domid)
+    # One transaction: the record and its permissions appear together.
+    xs.transact(lambda t: xenstore_records.write_decision(t, domid, dm, record))
     logs.event(log, "grant-restored", domid=domid, path=where, base_pages=grant.base_pages,
                granted_pages=grant.granted_pages, max_pages=record.max_pages)
     return record
@@ -113,7 +109,7 @@ def granted_elsewhere(xs: Xenstore, policy: Policy, domid: int) -> int:
         except ProtocolError as e:
             cap = policy.limits_for(other, xenstore_records.domain_name(xs, other)).cap_pages
             logs.event(log, "bad-record", level=logging.WARNING, domid=other,
-                       path=paths.decision_dir(other), counted_pages=cap, error=e)
+                       path=paths.decision_node(other), counted_pages=cap, error=e)
             total += cap
             continue
         total += record.granted_pages if record is not None else 0

@@ -33,10 +33,10 @@ def run(domid: int | None, action: str | None, *, policy_file: str | None, as_js
     else:
         for d, what in settled.items():
             print(f"domain {d}: {'reapplied the record' if what == 'reapply' else 'adopted'}"
-                  f" ({paths.decision_dir(d)})")
+                  f" ({paths.decision_node(d)})")
         if not settled and not left:
             print("no drift")
     for d in left:  # e.g. the record moved on while it was being adopted: run it again
         print(f"xsproto: domain {d}: Xen's limit still differs from the record "
-              f"({paths.decision_dir(d)})", file=sys.stderr)
+              f"({paths.decision_node(d)})", file=sys.stderr)
     return Exit.DRIFT if left else Exit.OK

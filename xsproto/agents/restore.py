@@ -235,7 +235,7 @@ class Restoring:
                                f"host's policy: {broken} (--over-policy restores it anyway)",
                                codes=[r.code for r in refusals])
         logs.event(log, "over-policy", level=logging.WARNING, domid=domid, domain=name,
-                   path=paths.decision_dir(domid), granted_pages=grant.granted_pages,
+                   path=paths.decision_node(domid), granted_pages=grant.granted_pages,
                    overridden=broken)
 
     def await_new_domain(self, name: str) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterable
 
-from xsproto import fields, negotiation, paths, records
+from xsproto import fields, negotiation, paths
 from xsproto.adapters import xenstore_records
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
@@ -39,13 +39,13 @@ def watcher_seen(xs: Xenstore, now: float) -> WatcherSeen | None:
 
 def domain_status(xs: Xenstore, hv: Hypervisor, domid: int) -> DomainStatus:
     dm = xenstore_records.dm_domid_of(xs, domid)
-    nodes, _ = xenstore_records.read_request(xs, dm, domid)
+    raw = xenstore_records.read_request(xs, dm, domid)
     info = hv.domain(domid)
     problems = []
     request = None
-    if nodes:
+    if raw:
         try:
-            request = Request.from_nodes(nodes, where=paths.request_dir(dm, domid))
+            request = Request.parse(raw, where=paths.request_node(dm, domid))
         except ProtocolError as e:
             problems.append(f"request: {e}")
     record: DecisionRecord | None = None
@@ -74,10 +74,9 @@ def domain_status(xs: Xenstore, hv: Hypervisor, domid: int) -> DomainStatus:
 def domids_in_protocol(xs: Xenstore) -> list[int]:
     """Every domain with a decision record or a request in its device model's area."""
     found = {d for d in xenstore_records.domids_under(xs, paths.DECISION_ROOT)
-             if xs.children(paths.decision_dir(d))}
+             if xs.read(paths.decision_node(d))}
     for domid in xenstore_records.domids_under(xs, paths.DOMAINS_ROOT):
-        dm = xenstore_records.dm_domid_of(xs, domid)
-        if xs.children(paths.request_dir(dm, domid)):
+        if xenstore_records.read_request(xs, xenstore_records.dm_domid_of(xs, domid), domid):
             found.add(domid)
     return sorted(found)
 
@@ -151,7 +150,7 @@ def events_of(xs: Xenstore, batch: Iterable[tuple[str, str]]) -> list[FollowEven
     touched: dict[tuple[int, int | None], None] = {}  # (domid, dm_domid; None: decision)
     for path, _ in batch:
         try:
-            where = records.parse_path(path)
+            where = paths.parse(path)
         except ProtocolError:
             continue
         dm = where.dm_domid if isinstance(where, paths.RequestPath) else None
@@ -162,11 +161,11 @@ def events_of(xs: Xenstore, batch: Iterable[tuple[str, str]]) -> list[FollowEven
 
 
 def _request_event(xs: Xenstore, dm: int, domid: int, now: float) -> FollowEvent:
-    nodes, _ = xenstore_records.read_request(xs, dm, domid)
-    if not nodes:
+    raw = xenstore_records.read_request(xs, dm, domid)
+    if not raw:
         return FollowEvent(time=now, kind=FollowKind.REMOVED, domid=domid, dm_domid=dm)
     try:
-        request = Request.from_nodes(nodes, where=paths.request_dir(dm, domid))
+        request = Request.parse(raw, where=paths.request_node(dm, domid))
     except ProtocolError as e:
         return FollowEvent(time=now, kind=FollowKind.REQUEST, domid=domid, dm_domid=dm,
                            problem=str(e))

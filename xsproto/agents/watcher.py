@@ -28,7 +28,7 @@ from xsproto import logs, negotiation, paths, records
 from xsproto.adapters import systemd, xenstore_records
 from xsproto.adapters.hypervisor import Hypervisor
 from xsproto.adapters.xenstore import Xenstore
-from xsproto.errors import ProtocolError, TransactionConflict
+from xsproto.errors import ProtocolError, TransactionConflict, XenstoreError
 from xsproto.exitcodes import Exit
 from xsproto.io import HypervisorIO, XenstoreIO
 from xsproto.negotiation import Apply, Decision, DomainInfo, HostInfo, Ignore, Reject
@@ -73,15 +73,16 @@ class Work(NamedTuple):
     def path(self) -> str:
         """Where it happens, for the logs."""
         if self.kind == "request":
-            return paths.request_dir(self.dm, self.domid)
+            return paths.request_node(self.dm, self.domid)
         if self.kind == "thaw":
             return paths.freeze_path(self.domid)
         return f"@{self.kind}Domain"
 
 
 def works_in(batch: Iterable[tuple[str, str]]) -> list[Work]:
-    """What a batch of (path, token) events asks for, each thing once, in order; events
-    for the device models' other nodes ask for nothing."""
+    """What a batch of (path, token) events asks for, each thing once, in order: an event
+    for a request node asks for its (M, D); events for the device models' other nodes
+    (nodes below a request node included) ask for nothing."""
     works: dict[Work, None] = {}
     for path, token in batch:
         if token == RELEASE_TOKEN:
@@ -92,7 +93,7 @@ def works_in(batch: Iterable[tuple[str, str]]) -> list[Work]:
             works[Work("thaw", domid=int(token[len(THAW_TOKEN):]))] = None
         elif token == AREA_TOKEN:
             try:
-                where = records.parse_path(path)
+                where = paths.parse(path)
             except ProtocolError:
                 continue
             if isinstance(where, paths.RequestPath):
@@ -135,7 +136,8 @@ class Round:
 
     decision: Decision
     current: DecisionRecord | None
-    nodes: dict[str, bytes]
+    request: bytes | None
+    """The request node's value."""
 
 
 class Watcher:
@@ -173,14 +175,14 @@ class Watcher:
             alive = set(self.hv.domids())  # xenstore may hold a dead domain's nodes
             for domid, dm in stubdom_guests.items():
                 if domid in alive:
-                    self._guarded(paths.decision_dir(domid), self.open_decision_dir, domid,
+                    self._guarded(paths.decision_node(domid), self.open_decision_node, domid,
                                   dm)
 
-    def open_decision_dir(self, domid: int, dm: int) -> None:
-        """Give a stubdom device model an empty decision directory it may read: C
+    def open_decision_node(self, domid: int, dm: int) -> None:
+        """Give a stubdom device model an empty decision node it may read: C
         xenstored answers EACCES, not ENOENT, under /libxl/D (which only dom0 may read),
         so before any decision the stubdom could not even learn there is none."""
-        where = paths.decision_dir(domid)
+        where = paths.decision_node(domid)
         if self.xs.perms(where) is None:
             self.xs.write(where, b"")
             self.xs.set_perms(where, paths.decision_permissions(dm))
@@ -188,7 +190,7 @@ class Watcher:
     def reconcile(self) -> None:
         """Finish interrupted decisions, answer unanswered requests, drop dead domains."""
         for domid in xenstore_records.domids_under(self.xs, paths.DECISION_ROOT):
-            self._guarded(paths.decision_dir(domid), self.handle_pending, domid)
+            self._guarded(paths.decision_node(domid), self.handle_pending, domid)
         for dm in sorted(self.state.areas):
             self._guarded(paths.device_model_area(dm), self._reconcile_area, dm)
         self.collect_dead()
@@ -198,13 +200,10 @@ class Watcher:
 
     def _reconcile_area(self, dm: int) -> None:
         for domid in xenstore_records.domids_under(self.xs, paths.device_model_area(dm)):
-            self._guarded(paths.request_dir(dm, domid), self._reconcile_request, dm, domid)
+            self._guarded(paths.request_node(dm, domid), self._reconcile_request, dm, domid)
 
     def _reconcile_request(self, dm: int, domid: int) -> None:
-        # A device model can make its directories too big to list in one message
-        # (E2BIG; oxenstored's oversize reply reads so too): that one is logged, the
-        # others are still served.
-        if self.xs.children(paths.request_dir(dm, domid)):
+        if xenstore_records.read_request(self.xs, dm, domid):
             self.handle(dm, domid)
 
     def _guarded(self, path: str, fn: Callable[..., object], *args: object) -> None:
@@ -229,8 +228,8 @@ class Watcher:
             self.handle(work.dm, work.domid)
 
     def run_forever(self, *, reload: Callable[[], None] | None = None) -> None:
-        """Serve events; the events of one batch (a request's four keys, say) are served
-        once per thing they ask for, in order of arrival. Every RESCAN_SECONDS, busy or
+        """Serve events; the events of one batch (a commit's write and permissions, say) are
+        served once per thing they ask for, in order of arrival. Every RESCAN_SECONDS, busy or
         not, rescan. ``reload`` runs between batches when a reload was asked for."""
         last_rescan = self.clock()
         while True:
@@ -262,7 +261,7 @@ class Watcher:
 
     def settle_all_drift(self) -> None:
         for domid in xenstore_records.domids_under(self.xs, paths.DECISION_ROOT):
-            self._guarded(paths.decision_dir(domid), self.settle_drift, domid)
+            self._guarded(paths.decision_node(domid), self.settle_drift, domid)
 
     def heartbeat(self) -> None:
         """``<pid> <unix seconds>`` at paths.HEARTBEAT: ``xsproto status`` tells from it
@@ -276,15 +275,13 @@ class Watcher:
         is not the record's; what was done, None when nothing drifted. Logged once per
         drift: the limit agrees with the record afterwards."""
         domain = self.hv.domain(domid)
-        if xenstore_records.limit_in_force(self.xs, domid) == domain.max_pages:
-            return None  # the cheap look (three single reads) says all is well
         current = xenstore_records.read_decision(self.xs, domid)
         xen = negotiation.drift(current, domain)
         if current is None or xen is None:
             return None
         action = action or self.policy.on_drift
         logs.event(log, "drift", level=logging.WARNING, domid=domid,
-                   path=paths.decision_dir(domid), xen_max_pages=xen,
+                   path=paths.decision_node(domid), xen_max_pages=xen,
                    recorded_max_pages=current.grant.max_pages, action=action.value)
         if action is OnDrift.ADOPT:
             record = negotiation.adopted(current, xen)
@@ -310,9 +307,9 @@ class Watcher:
         return replace(info, name=xenstore_records.domain_name(self.xs, domid))
 
     def handle(self, dm: int, domid: int) -> None:
-        """Answer whatever stands in ``dm``'s request directory for ``domid``."""
+        """Answer whatever stands in ``dm``'s request node for ``domid``."""
         expected = xenstore_records.dm_domid_of(self.xs, domid)
-        where = paths.request_dir(dm, domid)
+        where = paths.request_node(dm, domid)
         if dm != expected:
             # Only D's own device model speaks for D; a record here would let any domain
             # overwrite D's decision, so this is logged and otherwise ignored.
@@ -338,7 +335,7 @@ class Watcher:
 
     def handle_pending(self, domid: int) -> None:
         """At start-up: finish a decision a crash left ``applying`` (``decide`` recovers
-        it first, whatever the request directory holds)."""
+        it first, whatever the request node holds)."""
         current = xenstore_records.read_decision(self.xs, domid)
         if current is not None and current.state is DecisionState.APPLYING:
             self.handle(xenstore_records.dm_domid_of(self.xs, domid), domid)
@@ -371,34 +368,19 @@ class Watcher:
         limits = self.policy.limits_for(domid, domain.name)
 
         def step(t: XenstoreIO) -> Round:
-            nodes, owner = xenstore_records.request_in(t, dm, domid)
-            existing, current = xenstore_records.decision_in(t, domid)
+            raw, owner = xenstore_records.request_in(t, dm, domid)
+            current = xenstore_records.read_decision(t, domid)
             host = HostInfo(free_pages=free, granted_elsewhere=xenstore_records.granted_elsewhere(
                 t, domid, unreadable=limits.cap_pages))
             decision = negotiation.decide(
-                nodes, owner=owner, dm_domid=dm, current=current, domain=domain, host=host,
+                raw, owner=owner, dm_domid=dm, current=current, domain=domain, host=host,
                 policy=self.policy, limiter=self.state.limiter, now=self.clock())
             record = (decision.record if isinstance(decision, Apply | Reject) else None)
             if record is not None and record != current:
-                self._write_record(t, domid, dm, record, existing)
-            return Round(decision, current, nodes)
+                xenstore_records.write_decision(t, domid, dm, record)
+            return Round(decision, current, raw)
 
         return self.xs.transact(step, attempts=ROUND_ATTEMPTS)
-
-    def _write_record(self, t: XenstoreIO, domid: int, dm: int, record: DecisionRecord,
-                      existing: dict[str, bytes]) -> None:
-        """Write what changed, and make sure D's device model may read it (a restore may
-        have recorded it before libxl said which domain that is)."""
-        where = paths.decision_dir(domid)
-        wanted = list(paths.decision_permissions(dm))
-        nodes = record.to_nodes()
-        if not existing:
-            t.write_dir(where, nodes, perms=wanted)
-            return
-        t.write_dir(where, {k: v for k, v in nodes.items() if existing.get(k) != v})
-        if t.perms(where) != wanted:
-            for path in (where, *(f"{where}/{key}" for key in nodes)):
-                t.set_perms(path, wanted)
 
     # Carrying out.
 
@@ -406,9 +388,13 @@ class Watcher:
         """Finish what a round decided; False when the record moved on and it must be
         redone."""
         decision = done.decision
+        try:
+            lines = records.split(done.request, where=where) if done.request else {}
+        except ProtocolError:
+            lines = {}  # the rejection says what is wrong with it
         asked: dict[str, Any] = {"dm": dm, "path": where,
-                 "pages": _raw(done.nodes.get(records.PAGES)),
-                 "reason": _raw(done.nodes.get(records.REASON))}
+                 "pages": _raw(lines.get(records.PAGES)),
+                 "reason": _raw(lines.get(records.REASON))}
         if isinstance(decision, Ignore):
             logs.event(log, "ignored", level=logging.DEBUG, domid=domid, **asked,
                        why=decision.why)
@@ -464,18 +450,15 @@ class Watcher:
         return decision.rule != "recover"
 
     def _finish(self, domid: int, applying: DecisionRecord, done: DecisionRecord) -> bool:
-        """Write ``done``'s state if the record is still ``applying`` (one transaction).
-        Its request-id and state tell: a record moved on (another watcher's newer id, a
-        restore's id 0, a finished state) differs in one of them, and nothing else
-        rewrites an applying record."""
-        where = paths.decision_dir(domid)
-        before, after = applying.to_nodes(), done.to_nodes()
+        """Write ``done`` if the record is still ``applying`` (one transaction). A record
+        that moved on (another watcher's newer id, a restore's id 0, a finished state)
+        differs from it. The node keeps the permissions the round gave it."""
+        where = paths.decision_node(domid)
 
         def txn(t: XenstoreIO) -> bool:
-            now = xenstore_records.read_keys(t, where, (records.REQUEST_ID, records.STATE))
-            if now != {k: before[k] for k in (records.REQUEST_ID, records.STATE)}:
+            if xenstore_records.read_decision(t, domid) != applying:
                 return False
-            t.write(f"{where}/{records.STATE}", after[records.STATE])
+            t.write(where, done.encode())
             return True
 
         return self.xs.transact(txn)
@@ -485,10 +468,9 @@ class Watcher:
         """Write ``record`` if the recorded one is still ``expected`` (one transaction)."""
 
         def txn(t: XenstoreIO) -> bool:
-            existing, now = xenstore_records.decision_in(t, domid)
-            if now != expected:
+            if xenstore_records.read_decision(t, domid) != expected:
                 return False
-            self._write_record(t, domid, dm, record, existing)
+            xenstore_records.write_decision(t, domid, dm, record)
             return True
 
         return self.xs.transact(txn)
@@ -503,7 +485,7 @@ class Watcher:
                 return
             self.hv.set_max_pages(domid, current.grant.max_pages)
             if xenstore_records.read_decision(self.xs, domid) == current:
-                logs.event(log, "followed", domid=domid, path=paths.decision_dir(domid),
+                logs.event(log, "followed", domid=domid, path=paths.decision_node(domid),
                            max_pages=current.grant.max_pages)
                 return
 
@@ -526,23 +508,28 @@ class Watcher:
 
     def _remove_request(self, dm: int, domid: int) -> None:
         """Remove the request; and its parent too when the device model left nothing else
-        there (no QEMU, as for PVH: the agent created it)."""
-        self.xs.remove(paths.request_dir(dm, domid))
+        there (no QEMU, as for PVH: the agent created it). A parent too big to list (a
+        device model can fill it: E2BIG) is not empty, and is left to libxl."""
+        self.xs.remove(paths.request_node(dm, domid))
         parent = paths.device_model_guest_dir(dm, domid)
-        if not self.xs.children(parent) and self.xs.read(parent) is not None:
+        try:
+            left = self.xs.children(parent)
+        except XenstoreError:
+            return
+        if not left and self.xs.read(parent) is not None:
             self.xs.remove(parent)
 
     def forget(self, domid: int) -> None:
         dms = self.state.areas | {xenstore_records.dm_domid_of(self.xs, domid)}
         for dm in sorted(dms):
             self._remove_request(dm, domid)
-        self.xs.remove(paths.decision_dir(domid))
+        self.xs.remove(paths.decision_node(domid))
         self.xs.remove(paths.freeze_path(domid))
         self.state.limiter.forget(domid)
         if domid in self.state.frozen:
             self.xs.unwatch(paths.freeze_path(domid), f"{THAW_TOKEN}{domid}")
             self.state.frozen.discard(domid)
-        logs.event(log, "forgotten", domid=domid, path=paths.decision_dir(domid))
+        logs.event(log, "forgotten", domid=domid, path=paths.decision_node(domid))
 
 
 def load_policy(policy_file: str | None) -> Policy:

@@ -1,5 +1,5 @@
 /*
- * xsproto.h: the device model's side of xsproto (protocol version 1), in C.
+ * xsproto.h: the device model's side of xsproto (protocol version 2), in C.
  *
  * A device model such as QEMU sometimes needs guest pages beyond the domain's
  * limit (Xen's max_pages): option ROMs, video RAM. Instead of raising the limit
@@ -14,17 +14,20 @@
  *   - a request says "D should have N extra pages in TOTAL" (declarative: asking
  *     again for the same N is harmless; 0 gives every extra page back), with a
  *     printable reason for the admin, under a request-id that only grows;
- *   - it is written in /local/domain/M/device-model/D/extra-pages/, all keys in
- *     one xenstore transaction, request-id last;
- *   - the toolstack answers in /libxl/D/extra-pages/ (only dom0 can write there):
- *     granted (the limit is raised: populate now), rejected (a stable code and a
- *     human detail: give up, do not retry the same request), or nothing within
- *     the timeout.
+ *   - it is the node /local/domain/M/device-model/D/extra-pages, whose value is
+ *     one "key=value" line per key, each ended by a line feed, written with one
+ *     xenstore write;
+ *   - the toolstack answers in the node /libxl/D/extra-pages (only dom0 can
+ *     write there), read with one xenstore read: granted (the limit is raised:
+ *     populate now), rejected (a stable code and a human detail: give up, do
+ *     not retry the same request), or nothing within the timeout.
  *
  * Everything read back from xenstore is checked against the protocol's strict
- * grammar before use: a malformed decision, a decision for a request-id this
- * device model never wrote, or a record breaking the protocol's invariants is
- * an error (XSPROTO_EPROTO), never a grant.
+ * grammar before use: a decision whose value does not frame (over 1024 bytes,
+ * a line not "key=value", no final line feed, a key given twice), a malformed
+ * or missing value, a decision for a request-id this device model never
+ * wrote, or a record breaking the protocol's invariants is an error
+ * (XSPROTO_EPROTO), never a grant.
  *
  * Blocking use, e.g. in QEMU's xen_ram_alloc() before populating:
  *
@@ -65,8 +68,8 @@
 extern "C" {
 #endif
 
-/* The protocol's version: the value of every directory's "version" key. */
-#define XSPROTO_PROTOCOL_VERSION 1
+/* The protocol's version: the value of every record's "version" key. */
+#define XSPROTO_PROTOCOL_VERSION 2
 /* Largest page count (Xen keeps max_pages in 32 bits). */
 #define XSPROTO_PAGES_MAX UINT64_C(4294967295)
 /* Largest request-id. */
@@ -120,7 +123,7 @@ typedef enum xsproto_origin {
     XSPROTO_ORIGIN_RESTORE,  /* republished after a restore or migration */
 } xsproto_origin;
 
-/* A decision record (/libxl/D/extra-pages/), checked against the grammar and
+/* A decision record (the node /libxl/D/extra-pages), checked against the grammar and
  * the invariants of the protocol. Page counts are at most XSPROTO_PAGES_MAX. */
 struct xsproto_decision {
     xsproto_state state;
@@ -140,7 +143,7 @@ typedef struct xsproto xsproto;
  * Open a handle for guest `domid`, whose device model runs in domain
  * `dm_domid` (XSPROTO_DM_SELF: the domain this process runs in, read from
  * xenstore's relative node "domid"; 0 when absent, as for a dom0 QEMU). It
- * watches the guest's decision directory from now on.
+ * watches the guest's decision node from now on.
  *
  * Returns NULL on failure, with a message in err (errlen bytes, may be 0).
  */
@@ -170,16 +173,16 @@ xsproto_status xsproto_withdraw(xsproto *h, unsigned timeout_ms);
  * The non-blocking half of xsproto_ask(): write the request and return
  * XSPROTO_PENDING at once (or an error, or XSPROTO_REJECTED when the guest
  * does not exist). The request-id is max(this handle's last id, the id already
- * in the request directory, the id last decided) + 1, so a restarted device
- * model never reuses one. Asking again while a request is pending replaces it
- * (the newest id wins).
+ * in the request node, the id last decided) + 1, so a restarted device model
+ * never reuses one. Asking again while a request is pending replaces it (the
+ * newest id wins).
  */
 xsproto_status xsproto_request(xsproto *h, uint64_t pages, const char *reason,
                                unsigned timeout_ms);
 
 /*
  * Take in what happened since the last call without blocking: read the watch
- * events, and the decision record in one transaction. Returns XSPROTO_PENDING
+ * events, and the decision record (one read). Returns XSPROTO_PENDING
  * while the request waits; once it has an outcome, returns it again on every
  * call until the next request. Call it when xsproto_fd() is readable and when
  * xsproto_timeout_ms() runs out.
@@ -189,7 +192,7 @@ xsproto_status xsproto_poll(xsproto *h);
 /* Block until the pending request has an outcome (xsproto_poll() in a loop). */
 xsproto_status xsproto_wait(xsproto *h);
 
-/* The file descriptor that becomes readable when the decision directory
+/* The file descriptor that becomes readable when the decision node
  * changes: for the caller's main loop (poll, select, qemu_set_fd_handler). */
 int xsproto_fd(const xsproto *h);
 
@@ -198,8 +201,8 @@ int xsproto_fd(const xsproto *h);
 int xsproto_timeout_ms(const xsproto *h);
 
 /*
- * Read the guest's decision record now, in one transaction, into *out.
- * Returns 1 when there is a record, 0 when there is none yet (the directory is
+ * Read the guest's decision record now (one read) into *out.
+ * Returns 1 when there is a record, 0 when there is none yet (the node is
  * absent or empty), -1 when it is malformed or xenstore failed
  * (xsproto_error() says which). It does not change the pending request.
  */

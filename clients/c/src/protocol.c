@@ -1,6 +1,6 @@
 /*
- * protocol.c: paths, the value grammar, the decision record and the device
- * model's state machine, free of I/O (see protocol.h).
+ * protocol.c: paths, the value grammar, the records' lines, the decision
+ * record and the device model's state machine, free of I/O (see protocol.h).
  */
 #include "protocol.h"
 
@@ -25,18 +25,13 @@ static const char *const REQUEST_KEYS[XSP_REQUEST_KEYS] = {
 static const char *const STATES[] = {"applying", "granted", "rejected"};
 static const char *const ORIGINS[] = {"request", "restore"};
 
-/* The rejection codes of protocol version 1, in check order. */
+/* The rejection codes of protocol version 2, in check order. */
 static const char *const KNOWN_CODES[] = {
     "bad-version", "bad-value", "wrong-writer", "no-such-domain", "dying",
     "privileged", "over-domain-cap", "over-host-budget", "rate-limited",
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
-
-const char *xsp_decision_key(enum xsp_decision_key key)
-{
-    return DECISION_KEYS[key];
-}
 
 const char *xsp_request_key(enum xsp_request_key key)
 {
@@ -48,20 +43,20 @@ void xsp_domain_dir(char out[XSP_PATH_MAX], unsigned domid)
     snprintf(out, XSP_PATH_MAX, "/local/domain/%u", domid);
 }
 
-void xsp_request_dir(char out[XSP_PATH_MAX], unsigned dm_domid, unsigned domid)
+void xsp_request_node(char out[XSP_PATH_MAX], unsigned dm_domid, unsigned domid)
 {
     snprintf(out, XSP_PATH_MAX, "/local/domain/%u/device-model/%u/extra-pages",
              dm_domid, domid);
 }
 
-void xsp_decision_dir(char out[XSP_PATH_MAX], unsigned domid)
+void xsp_decision_node(char out[XSP_PATH_MAX], unsigned domid)
 {
     snprintf(out, XSP_PATH_MAX, "/libxl/%u/extra-pages", domid);
 }
 
-void xsp_join(char out[XSP_PATH_MAX], const char *dir, const char *key)
+void xsp_key_path(char out[XSP_WHERE_MAX], const char *where, const char *key)
 {
-    snprintf(out, XSP_PATH_MAX, "%s/%s", dir, key);
+    snprintf(out, XSP_WHERE_MAX, "%s: %s", where, key);
 }
 
 static void fail(char *err, size_t errlen, const char *path, const char *fmt, ...)
@@ -224,6 +219,101 @@ bool xsp_code_known(const char *code)
     return false;
 }
 
+/* Whether key[0..len) matches ^[a-z][a-z-]*$. */
+static bool key_valid(const char *key, size_t len)
+{
+    if (len == 0 || key[0] < 'a' || key[0] > 'z')
+        return false;
+    for (size_t i = 1; i < len; i++) {
+        if (!((key[i] >= 'a' && key[i] <= 'z') || key[i] == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* Whether a line of value[0..end) (lines already checked) has key[0..len). */
+static bool key_before(const char *value, size_t end, const char *key, size_t len)
+{
+    size_t start = 0;
+
+    while (start < end) {
+        const char *line = value + start;
+        const char *eq = memchr(line, '=', end - start);
+        const char *lf = memchr(line, '\n', end - start);
+        if ((size_t)(eq - line) == len && memcmp(line, key, len) == 0)
+            return true;
+        start = (size_t)(lf - value) + 1;
+    }
+    return false;
+}
+
+bool xsp_split(struct xsp_raw raw, const char *where, const char *const *keys,
+               size_t count, struct xsp_raw *found, char *err, size_t errlen)
+{
+    char shown[SHOW_MAX];
+    size_t start = 0;
+    unsigned number = 0;
+
+    for (size_t k = 0; k < count; k++)
+        found[k] = (struct xsp_raw){NULL, 0};
+    if (raw.len > XSP_RECORD_MAX) {
+        xsp_show(shown, sizeof shown, raw);
+        fail(err, errlen, where, "longer than %d bytes: %s", XSP_RECORD_MAX, shown);
+        return false;
+    }
+    if (raw.len == 0 || raw.value[raw.len - 1] != '\n') {
+        xsp_show(shown, sizeof shown, raw);
+        fail(err, errlen, where, "not ended by a line feed: %s", shown);
+        return false;
+    }
+    while (start < raw.len) {
+        const char *line = raw.value + start;
+        size_t len = (size_t)((const char *)memchr(line, '\n', raw.len - start) - line);
+        const char *eq = memchr(line, '=', len);
+        size_t key_len = eq == NULL ? 0 : (size_t)(eq - line);
+
+        number++;
+        if (eq == NULL || !key_valid(line, key_len)) {
+            xsp_show(shown, sizeof shown, (struct xsp_raw){line, len});
+            fail(err, errlen, where, "line %u is not key=value: %s", number, shown);
+            return false;
+        }
+        if (key_before(raw.value, start, line, key_len)) {
+            char label[XSP_WHERE_MAX];
+            snprintf(label, sizeof label, "%s: %.*s", where, (int)key_len, line);
+            fail(err, errlen, label, "given twice");
+            return false;
+        }
+        for (size_t k = 0; k < count; k++) {
+            if (strlen(keys[k]) == key_len && memcmp(keys[k], line, key_len) == 0)
+                found[k] = (struct xsp_raw){eq + 1, len - key_len - 1};
+        }
+        start += len + 1;
+    }
+    return true;
+}
+
+bool xsp_request_id_in(struct xsp_raw raw, uint64_t *id)
+{
+    static const char *const key[] = {"request-id"};
+    struct xsp_raw found;
+
+    return raw.value != NULL && raw.len > 0 && xsp_split(raw, "", key, 1, &found, NULL, 0) &&
+           found.value != NULL &&
+           xsp_decimal(found, "", 0, XSPROTO_REQUEST_ID_MAX, id, NULL, 0);
+}
+
+size_t xsp_encode_request(char out[XSP_RECORD_MAX + 1], uint64_t pages,
+                          const char *reason, uint64_t request_id)
+{
+    int len = snprintf(out, XSP_RECORD_MAX + 1,
+                       "%s=%d\n%s=%" PRIu64 "\n%s=%s\n%s=%" PRIu64 "\n",
+                       REQUEST_KEYS[XSP_R_VERSION], XSPROTO_PROTOCOL_VERSION,
+                       REQUEST_KEYS[XSP_R_PAGES], pages, REQUEST_KEYS[XSP_R_REASON], reason,
+                       REQUEST_KEYS[XSP_R_REQUEST_ID], request_id);
+    return len < 0 ? 0 : (size_t)len;
+}
+
 /* The cross-field invariants of a record whose values all parsed; the message
  * on failure, NULL when it holds (records.DecisionRecord.__post_init__). */
 static const char *broken_invariant(const struct xsproto_decision *d)
@@ -245,61 +335,66 @@ static const char *broken_invariant(const struct xsproto_decision *d)
     return NULL;
 }
 
-int xsp_parse_decision(const struct xsp_raw nodes[XSP_DECISION_KEYS], const char *where,
-                       struct xsproto_decision *out, char *err, size_t errlen)
+int xsp_parse_decision(struct xsp_raw raw, const char *where, struct xsproto_decision *out,
+                       char *err, size_t errlen)
 {
-    char path[XSP_PATH_MAX];
+    struct xsp_raw n[XSP_DECISION_KEYS];
+    char path[XSP_WHERE_MAX];
     char shown[SHOW_MAX];
     uint64_t *pages[] = {&out->base_pages, &out->granted_pages, &out->max_pages};
     int index;
-    bool any = false;
 
-    for (int k = 0; k < XSP_DECISION_KEYS; k++)
-        any = any || nodes[k].value != NULL;
-    if (!any)
+    if (raw.value == NULL || raw.len == 0)
         return 0;
     memset(out, 0, sizeof *out);
+    if (!xsp_split(raw, where, DECISION_KEYS, XSP_DECISION_KEYS, n, err, errlen))
+        return -1;
     /* The version first: a record of another version is not read any further. */
-    xsp_join(path, where, DECISION_KEYS[XSP_D_VERSION]);
-    if (nodes[XSP_D_VERSION].value == NULL) {
+    xsp_key_path(path, where, DECISION_KEYS[XSP_D_VERSION]);
+    if (n[XSP_D_VERSION].value == NULL) {
         fail(err, errlen, path, "version missing, expected %d", XSPROTO_PROTOCOL_VERSION);
         return -1;
     }
-    if (nodes[XSP_D_VERSION].len != 1 || nodes[XSP_D_VERSION].value[0] != '1') {
-        xsp_show(shown, sizeof shown, nodes[XSP_D_VERSION]);
+    if (n[XSP_D_VERSION].len != 1 || n[XSP_D_VERSION].value[0] != '0' + XSPROTO_PROTOCOL_VERSION) {
+        xsp_show(shown, sizeof shown, n[XSP_D_VERSION]);
         fail(err, errlen, path, "version %s, expected %d", shown, XSPROTO_PROTOCOL_VERSION);
         return -1;
     }
-    for (int k = 0; k < XSP_DECISION_KEYS; k++) {
-        if (nodes[k].value == NULL) {
-            xsp_join(path, where, DECISION_KEYS[k]);
+    /* Then each key in field order: present, and of its grammar. */
+    for (int k = XSP_D_STATE; k < XSP_DECISION_KEYS; k++) {
+        xsp_key_path(path, where, DECISION_KEYS[k]);
+        if (n[k].value == NULL) {
             fail(err, errlen, path, "missing");
             return -1;
         }
+        switch (k) {
+        case XSP_D_STATE:
+            if ((index = choice(n[k], STATES, COUNT(STATES), path, err, errlen)) < 0)
+                return -1;
+            out->state = (xsproto_state)index;
+            break;
+        case XSP_D_ORIGIN:
+            if ((index = choice(n[k], ORIGINS, COUNT(ORIGINS), path, err, errlen)) < 0)
+                return -1;
+            out->origin = (xsproto_origin)index;
+            break;
+        case XSP_D_REQUEST_ID:
+            if (!xsp_decimal(n[k], path, 0, XSPROTO_REQUEST_ID_MAX, &out->request_id, err,
+                             errlen))
+                return -1;
+            break;
+        case XSP_D_REASON:
+            if (!xsp_text(n[k], path, XSPROTO_DECISION_REASON_MAX, err, errlen))
+                return -1;
+            memcpy(out->reason, n[k].value, n[k].len);
+            out->reason[n[k].len] = '\0';
+            break;
+        default:  /* base-pages, granted-pages, max-pages */
+            if (!xsp_decimal(n[k], path, 0, XSPROTO_PAGES_MAX, pages[k - XSP_D_BASE_PAGES],
+                             err, errlen))
+                return -1;
+        }
     }
-    xsp_join(path, where, DECISION_KEYS[XSP_D_STATE]);
-    if ((index = choice(nodes[XSP_D_STATE], STATES, COUNT(STATES), path, err, errlen)) < 0)
-        return -1;
-    out->state = (xsproto_state)index;
-    xsp_join(path, where, DECISION_KEYS[XSP_D_ORIGIN]);
-    if ((index = choice(nodes[XSP_D_ORIGIN], ORIGINS, COUNT(ORIGINS), path, err, errlen)) < 0)
-        return -1;
-    out->origin = (xsproto_origin)index;
-    xsp_join(path, where, DECISION_KEYS[XSP_D_REQUEST_ID]);
-    if (!xsp_decimal(nodes[XSP_D_REQUEST_ID], path, 0, XSPROTO_REQUEST_ID_MAX,
-                     &out->request_id, err, errlen))
-        return -1;
-    for (int k = XSP_D_BASE_PAGES; k <= XSP_D_MAX_PAGES; k++) {
-        xsp_join(path, where, DECISION_KEYS[k]);
-        if (!xsp_decimal(nodes[k], path, 0, XSPROTO_PAGES_MAX, pages[k - XSP_D_BASE_PAGES],
-                         err, errlen))
-            return -1;
-    }
-    xsp_join(path, where, DECISION_KEYS[XSP_D_REASON]);
-    if (!xsp_text(nodes[XSP_D_REASON], path, XSPROTO_DECISION_REASON_MAX, err, errlen))
-        return -1;
-    memcpy(out->reason, nodes[XSP_D_REASON].value, nodes[XSP_D_REASON].len);
-    out->reason[nodes[XSP_D_REASON].len] = '\0';
     const char *broken = broken_invariant(out);
     if (broken != NULL) {
         fail(err, errlen, where, "inconsistent record: %s", broken);
@@ -309,7 +404,7 @@ int xsp_parse_decision(const struct xsp_raw nodes[XSP_DECISION_KEYS], const char
 }
 
 bool xsp_observe(struct xsp_side *side, const struct xsproto_decision *record,
-                 const char *decision_dir, char *err, size_t errlen)
+                 const char *decision_node, char *err, size_t errlen)
 {
     if (record == NULL)
         return true;
@@ -321,7 +416,7 @@ bool xsp_observe(struct xsp_side *side, const struct xsproto_decision *record,
         return true;
     }
     if (record->request_id > side->request_id) {
-        fail(err, errlen, decision_dir,
+        fail(err, errlen, decision_node,
              "decision for request-id %" PRIu64 ", newest asked %" PRIu64,
              record->request_id, side->request_id);
         return false;

@@ -1,7 +1,7 @@
 /*
  * protocol.h: the pure part of libxsproto (no I/O), internal to the library and
- * its tests: paths, the value grammar, the decision record, and the device
- * model's state machine. It mirrors xsproto/paths.py, values.py, records.py and
+ * its tests: paths, the value grammar, the records' one-node form (key=value
+ * lines), the decision record, and the device model's state machine. It mirrors xsproto/paths.py, values.py, records.py and
  * negotiation.DeviceModelSide; docs/protocol.md is the specification.
  */
 #ifndef XSPROTO_PROTOCOL_H
@@ -10,12 +10,19 @@
 #include "xsproto.h"
 
 /* Longest path the protocol builds, with its terminating NUL:
- * "/local/domain/32751/device-model/32751/extra-pages/request-id". */
-#define XSP_PATH_MAX 96
+ * "/local/domain/32751/device-model/32751/extra-pages". */
+#define XSP_PATH_MAX 64
+/* How errors name one key of a record: "PATH: KEY" (a key a peer wrote is cut
+ * short to fit). */
+#define XSP_WHERE_MAX (XSP_PATH_MAX + 48)
+/* The longest value a record's node may hold, in bytes (docs/protocol.md,
+ * section 1): a decision is at most 403 bytes, a request 194. */
+#define XSP_RECORD_MAX 1024
 /* Longest rejection code: it is a prefix of a decision's reason. */
 #define XSP_CODE_MAX XSPROTO_DECISION_REASON_MAX
 
-/* The decision record's keys, in the order the toolstack writes them. */
+/* The decision record's keys, in the order the toolstack writes them: indices
+ * into what xsp_split() finds. */
 enum xsp_decision_key {
     XSP_D_VERSION,
     XSP_D_STATE,
@@ -28,7 +35,7 @@ enum xsp_decision_key {
     XSP_DECISION_KEYS
 };
 
-/* A request's keys, in the order they are written: request-id last. */
+/* A request's keys, in the order they are written. */
 enum xsp_request_key {
     XSP_R_VERSION,
     XSP_R_PAGES,
@@ -37,11 +44,10 @@ enum xsp_request_key {
     XSP_REQUEST_KEYS
 };
 
-const char *xsp_decision_key(enum xsp_decision_key key);
 const char *xsp_request_key(enum xsp_request_key key);
 
-/* A node's value as xenstore returned it: raw bytes, not NUL-terminated;
- * value is NULL when the node is absent. */
+/* A node's value (or one key's, within it) as xenstore returned it: raw bytes,
+ * not NUL-terminated; value is NULL when the node (or key) is absent. */
 struct xsp_raw {
     const char *value;
     size_t len;
@@ -49,10 +55,10 @@ struct xsp_raw {
 
 /* Paths (xsproto/paths.py). The domain ids must be at most XSPROTO_DOMID_MAX. */
 void xsp_domain_dir(char out[XSP_PATH_MAX], unsigned domid);
-void xsp_request_dir(char out[XSP_PATH_MAX], unsigned dm_domid, unsigned domid);
-void xsp_decision_dir(char out[XSP_PATH_MAX], unsigned domid);
-/* dir + "/" + key. */
-void xsp_join(char out[XSP_PATH_MAX], const char *dir, const char *key);
+void xsp_request_node(char out[XSP_PATH_MAX], unsigned dm_domid, unsigned domid);
+void xsp_decision_node(char out[XSP_PATH_MAX], unsigned domid);
+/* How an error names `key` of the record at `where`: "WHERE: KEY". */
+void xsp_key_path(char out[XSP_WHERE_MAX], const char *where, const char *key);
 
 /*
  * The value grammar (xsproto/values.py). Each returns true when raw is valid;
@@ -66,14 +72,34 @@ bool xsp_text(struct xsp_raw raw, const char *path, size_t max_bytes, char *err,
 void xsp_show(char *out, size_t outlen, struct xsp_raw raw);
 
 /*
- * Parse a decision directory from its nodes (indexed by xsp_decision_key).
- * Returns 1 and fills *out for a valid record, 0 when every key is absent (no
- * record yet), -1 with a message naming the path and value in err otherwise:
- * a missing key, a value outside the grammar, a broken invariant.
+ * The lines of a record's value (records.split): at most XSP_RECORD_MAX bytes,
+ * every line "key=value" ended by a line feed, each key ^[a-z][a-z-]*$ and
+ * given once. found[i] is set to the value of keys[i] (value NULL when the key
+ * is absent); other keys are ignored. Returns false with "WHERE: what is
+ * wrong" (or "WHERE: KEY: given twice") in err when the value does not frame.
  */
-int xsp_parse_decision(const struct xsp_raw nodes[XSP_DECISION_KEYS],
-                       const char *where, struct xsproto_decision *out, char *err,
-                       size_t errlen);
+bool xsp_split(struct xsp_raw raw, const char *where, const char *const *keys,
+               size_t count, struct xsp_raw *found, char *err, size_t errlen);
+
+/*
+ * Parse a decision node's value. Returns 1 and fills *out for a valid record,
+ * 0 when the node is absent or empty (no record yet), -1 with a message naming
+ * the node, the key and the value in err otherwise: a value that does not
+ * frame, a missing key, a value outside the grammar, a broken invariant.
+ */
+int xsp_parse_decision(struct xsp_raw raw, const char *where,
+                       struct xsproto_decision *out, char *err, size_t errlen);
+
+/* The request-id a record's value names (0 included): a quick look that checks
+ * the framing and that one value only. False when the value is absent or
+ * empty, does not frame, or has no readable request-id. */
+bool xsp_request_id_in(struct xsp_raw raw, uint64_t *id);
+
+/* A request node's value, its keys in order, NUL-terminated in out; returns
+ * its length. pages and reason must be valid (reason printable, at most
+ * XSPROTO_REASON_MAX bytes). */
+size_t xsp_encode_request(char out[XSP_RECORD_MAX + 1], uint64_t pages,
+                          const char *reason, uint64_t request_id);
 
 /* A rejection's reason "<code>: <detail>" split; false if it is not one. The
  * code is any lower-case word: newer toolstacks may add codes. */
@@ -105,11 +131,11 @@ struct xsp_side {
  * (returns false with the message in err). Otherwise it adopts the record's id.
  */
 bool xsp_observe(struct xsp_side *side, const struct xsproto_decision *record,
-                 const char *decision_dir, char *err, size_t errlen);
+                 const char *decision_node, char *err, size_t errlen);
 
 /*
  * The next request-id: max(side's id, `written` (the id already in the request
- * directory, 0 if none or unreadable), the decided id) + 1. False when no id is
+ * node, 0 if none or unreadable), the decided id) + 1. False when no id is
  * left below XSPROTO_REQUEST_ID_MAX.
  */
 bool xsp_next_id(const struct xsp_side *side, uint64_t written,

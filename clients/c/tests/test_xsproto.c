@@ -2,7 +2,7 @@
  * test_xsproto.c: libxsproto's tests, one binary (built static, and with
  * AddressSanitizer) with four modes:
  *
- *   xsproto-test unit                  the pure parts: grammar, records, state machine
+ *   xsproto-test unit                  the pure parts: grammar, records' lines, state machine
  *   xsproto-test lab DOMID             against the running Python watcher (dom0 of the lab)
  *   xsproto-test hostile DOMID         no watcher: this test writes hostile decisions
  *   xsproto-test ask DOMID PAGES [REASON [TIMEOUT_MS]]
@@ -129,98 +129,212 @@ static void unit_text(struct suite *s)
     CHECK(s, strcmp(shown, "'012345678901234567890123'...") == 0, "show long: %s", shown);
 }
 
-/* A valid granted record's nodes, to break one at a time. */
-static void granted_nodes(struct xsp_raw n[XSP_DECISION_KEYS])
+/* One key of a record's value; its value's length is explicit (NULs). */
+struct node {
+    const char *key;
+    const char *value;  /* NULL: left out */
+    size_t len;
+};
+
+#define SET(k, v) {k, v, sizeof(v) - 1}
+#define DROP(k) {k, NULL, 0}
+#define CHANGES 2
+
+/* A valid granted record's keys, in order, to break one or two at a time. */
+static const struct node GRANTED[XSP_DECISION_KEYS] = {
+    SET("version", "2"), SET("state", "granted"), SET("origin", "request"),
+    SET("request-id", "3"), SET("base-pages", "33024"), SET("granted-pages", "64"),
+    SET("max-pages", "33088"), SET("reason", ""),
+};
+
+/* The value of a record holding `nodes` (in order) with `change` applied
+ * (a key replaced or dropped; NULL key: nothing more), in out; its length. */
+static size_t lines(char out[XSP_RECORD_MAX * 2], const struct node nodes[XSP_DECISION_KEYS],
+                    const struct node change[CHANGES])
 {
-    n[XSP_D_VERSION] = raw("1");
-    n[XSP_D_STATE] = raw("granted");
-    n[XSP_D_ORIGIN] = raw("request");
-    n[XSP_D_REQUEST_ID] = raw("3");
-    n[XSP_D_BASE_PAGES] = raw("33024");
-    n[XSP_D_GRANTED_PAGES] = raw("64");
-    n[XSP_D_MAX_PAGES] = raw("33088");
-    n[XSP_D_REASON] = raw("");
+    size_t len = 0;
+
+    for (int k = 0; k < XSP_DECISION_KEYS; k++) {
+        struct node n = nodes[k];
+        for (int c = 0; change != NULL && c < CHANGES && change[c].key != NULL; c++) {
+            if (strcmp(change[c].key, n.key) == 0)
+                n = change[c];
+        }
+        if (n.value == NULL)
+            continue;
+        len += (size_t)sprintf(out + len, "%s=", n.key);
+        memcpy(out + len, n.value, n.len);
+        len += n.len;
+        out[len++] = '\n';
+    }
+    out[len] = '\0';
+    return len;
 }
 
 struct broken {
-    enum xsp_decision_key key;
-    const char *value;  /* NULL: the key is missing */
+    struct node change;
     const char *message;  /* expected in the error */
 };
 
 static void unit_decision(struct suite *s)
 {
     static const struct broken cases[] = {
-        {XSP_D_VERSION, NULL, "/d/version: version missing, expected 1"},
-        {XSP_D_VERSION, "2", "/d/version: version '2', expected 1"},
-        {XSP_D_STATE, NULL, "/d/state: missing"},
-        {XSP_D_STATE, "Granted", "/d/state: 'Granted' is not one of: applying, granted, "
-                                 "rejected"},
-        {XSP_D_ORIGIN, NULL, "/d/origin: missing"},
-        {XSP_D_ORIGIN, "restored", "/d/origin: 'restored' is not one of"},
-        {XSP_D_REQUEST_ID, "-3", "/d/request-id: not a canonical decimal: '-3'"},
-        {XSP_D_REQUEST_ID, "9223372036854775808", "/d/request-id: '9223372036854775808' "
-                                                  "outside [0, 9223372036854775807]"},
-        {XSP_D_BASE_PAGES, "4294967296", "/d/base-pages: '4294967296' outside"},
-        {XSP_D_GRANTED_PAGES, " 64", "/d/granted-pages: not a canonical decimal: ' 64'"},
-        {XSP_D_GRANTED_PAGES, "0x40", "/d/granted-pages: not a canonical decimal"},
-        {XSP_D_MAX_PAGES, "33089", "/d: inconsistent record: max-pages must equal "
-                                   "base-pages + granted-pages"},
-        {XSP_D_REASON, "ok", "/d: inconsistent record: reason must be empty"},
-        {XSP_D_REASON, "\x1b[2J", "/d/reason: not printable ASCII: '\\x1b[2J'"},
-        {XSP_D_ORIGIN, "restore", "/d: inconsistent record: a restore origin needs "
-                                  "request-id 0"},
+        {DROP("version"), "/d: version: version missing, expected 2"},
+        {SET("version", "1"), "/d: version: version '1', expected 2"},
+        {SET("version", "02"), "/d: version: version '02', expected 2"},
+        {DROP("state"), "/d: state: missing"},
+        {SET("state", "Granted"), "/d: state: 'Granted' is not one of: applying, granted, "
+                                  "rejected"},
+        {DROP("origin"), "/d: origin: missing"},
+        {SET("origin", "restored"), "/d: origin: 'restored' is not one of"},
+        {SET("request-id", "-3"), "/d: request-id: not a canonical decimal: '-3'"},
+        {SET("request-id", "9223372036854775808"),
+         "/d: request-id: '9223372036854775808' outside [0, 9223372036854775807]"},
+        {SET("base-pages", "4294967296"), "/d: base-pages: '4294967296' outside"},
+        {SET("granted-pages", " 64"), "/d: granted-pages: not a canonical decimal: ' 64'"},
+        {SET("granted-pages", "0x40"), "/d: granted-pages: not a canonical decimal"},
+        {SET("granted-pages", "64\r"), "/d: granted-pages: not a canonical decimal: '64\\x0d'"},
+        {SET("granted-pages", "64\0"), "/d: granted-pages: not a canonical decimal: '64\\x00'"},
+        {SET("granted-pages", ""), "/d: granted-pages: not a canonical decimal: ''"},
+        {DROP("reason"), "/d: reason: missing"},
+        {SET("max-pages", "33089"), "/d: inconsistent record: max-pages must equal "
+                                    "base-pages + granted-pages"},
+        {SET("reason", "ok"), "/d: inconsistent record: reason must be empty"},
+        {SET("reason", "\x1b[2J"), "/d: reason: not printable ASCII: '\\x1b[2J'"},
+        {SET("origin", "restore"), "/d: inconsistent record: a restore origin needs "
+                                   "request-id 0"},
     };
-    struct xsp_raw n[XSP_DECISION_KEYS];
+    /* Values that do not frame, built around a valid record. */
+    static const struct {
+        const char *tail;  /* appended to the valid record */
+        bool drop_lf;      /* its last line feed removed */
+        const char *message;
+    } framing[] = {
+        {"", true, "/d: not ended by a line feed: 'version=2\\x0astate=granted\\x0a'..."},
+        {"state=granted\n", false, "/d: state: given twice"},
+        {"x=1\nx=2\n", false, "/d: x: given twice"},
+        {"\n", false, "/d: line 9 is not key=value: ''"},
+        {"Pages=1\n", false, "/d: line 9 is not key=value: 'Pages=1'"},
+        {"pa_ges=1\n", false, "/d: line 9 is not key=value"},
+        {"-x=1\n", false, "/d: line 9 is not key=value"},
+        {"no equals sign\n", false, "/d: line 9 is not key=value: 'no equals sign'"},
+    };
+    static const struct node none[CHANGES] = {{NULL, NULL, 0}};
+    char value[XSP_RECORD_MAX * 2];
     struct xsproto_decision d;
     char err[XSPROTO_ERROR_MAX];
     char code[XSP_CODE_MAX + 1];
     const char *detail;
+    size_t len;
 
-    granted_nodes(n);
-    CHECK(s, xsp_parse_decision(n, "/d", &d, err, sizeof err) == 1 &&
-                 d.state == XSPROTO_STATE_GRANTED && d.origin == XSPROTO_ORIGIN_REQUEST &&
+    len = lines(value, GRANTED, none);
+    CHECK(s, xsp_parse_decision((struct xsp_raw){value, len}, "/d", &d, err, sizeof err) ==
+                 1 && d.state == XSPROTO_STATE_GRANTED && d.origin == XSPROTO_ORIGIN_REQUEST &&
                  d.request_id == 3 && d.base_pages == 33024 && d.granted_pages == 64 &&
                  d.max_pages == 33088 && d.reason[0] == '\0', "valid granted: %s", err);
-    memset(n, 0, sizeof n);
-    CHECK(s, xsp_parse_decision(n, "/d", &d, err, sizeof err) == 0, "no record");
+    CHECK(s, xsp_parse_decision((struct xsp_raw){NULL, 0}, "/d", &d, err, sizeof err) == 0,
+          "no node");
+    CHECK(s, xsp_parse_decision((struct xsp_raw){"", 0}, "/d", &d, err, sizeof err) == 0,
+          "an empty node");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        granted_nodes(n);
-        n[cases[i].key] = raw(cases[i].value);
+        struct node change[CHANGES] = {cases[i].change, {NULL, NULL, 0}};
+        len = lines(value, GRANTED, change);
         err[0] = '\0';
-        CHECK(s, xsp_parse_decision(n, "/d", &d, err, sizeof err) == -1 &&
-                     strstr(err, cases[i].message) == err,
+        CHECK(s, xsp_parse_decision((struct xsp_raw){value, len}, "/d", &d, err, sizeof err) ==
+                     -1 && strstr(err, cases[i].message) == err,
               "case %zu: got '%s', expected '%s'", i, err, cases[i].message);
     }
-    granted_nodes(n);
-    n[XSP_D_GRANTED_PAGES] = (struct xsp_raw){"64\0", 3};
-    CHECK(s, xsp_parse_decision(n, "/d", &d, err, sizeof err) == -1 &&
-                 strstr(err, "'64\\x00'") != NULL, "NUL in a number: %s", err);
+    for (size_t i = 0; i < sizeof framing / sizeof framing[0]; i++) {
+        len = lines(value, GRANTED, none);
+        len -= framing[i].drop_lf;
+        len += (size_t)sprintf(value + len, "%s", framing[i].tail);
+        err[0] = '\0';
+        CHECK(s, xsp_parse_decision((struct xsp_raw){value, len}, "/d", &d, err, sizeof err) ==
+                     -1 && strstr(err, framing[i].message) == err,
+              "framing %zu: got '%s', expected '%s'", i, err, framing[i].message);
+    }
+    /* The bound is on the whole value: an unknown key may fill it, not pass it. */
+    len = lines(value, GRANTED, none);
+    size_t pad = XSP_RECORD_MAX - len - 3;
+    memcpy(value + len, "x=", 2);
+    memset(value + len + 2, 'y', pad);
+    value[len + 2 + pad] = '\n';
+    CHECK(s, xsp_parse_decision((struct xsp_raw){value, XSP_RECORD_MAX}, "/d", &d, err,
+                                sizeof err) == 1, "at the bound: %s", err);
+    value[XSP_RECORD_MAX - 1] = 'y';
+    value[XSP_RECORD_MAX] = '\n';
+    CHECK(s, xsp_parse_decision((struct xsp_raw){value, XSP_RECORD_MAX + 1}, "/d", &d, err,
+                                sizeof err) == -1 &&
+                 strstr(err, "/d: longer than 1024 bytes: 'version=2") == err,
+          "over the bound: %s", err);
+    /* Unknown keys, any order, '=' in a value: all fine. */
+    static const struct node reordered[XSP_DECISION_KEYS] = {
+        SET("reason", ""), SET("max-pages", "33088"), SET("granted-pages", "64"),
+        SET("base-pages", "33024"), SET("request-id", "3"), SET("origin", "request"),
+        SET("state", "granted"), SET("version", "2"),
+    };
+    len = lines(value, reordered, none);
+    len += (size_t)sprintf(value + len, "future=\x01=\xff\n");
+    CHECK(s, xsp_parse_decision((struct xsp_raw){value, len}, "/d", &d, err, sizeof err) == 1,
+          "reordered, with an unknown key: %s", err);
 
-    granted_nodes(n);
-    n[XSP_D_STATE] = raw("rejected");
-    n[XSP_D_MAX_PAGES] = raw("1");  /* a rejection reports Xen's limit as observed */
-    n[XSP_D_REASON] = raw("over-domain-cap: /x/pages: 9000 > cap 8192");
-    CHECK(s, xsp_parse_decision(n, "/d", &d, err, sizeof err) == 1 &&
-                 xsp_rejection(d.reason, code, &detail) && strcmp(code, "over-domain-cap") == 0 &&
-                 strcmp(detail, "/x/pages: 9000 > cap 8192") == 0 && xsp_code_known(code),
+    static const struct node rejection[CHANGES] = {
+        SET("state", "rejected"), SET("reason", "over-domain-cap: /x: pages: 9000 > cap 8192")};
+    struct node rejected[XSP_DECISION_KEYS];
+    memcpy(rejected, GRANTED, sizeof rejected);
+    rejected[XSP_D_MAX_PAGES] = (struct node)SET("max-pages", "1");  /* Xen's, as observed */
+    len = lines(value, rejected, rejection);
+    CHECK(s, xsp_parse_decision((struct xsp_raw){value, len}, "/d", &d, err, sizeof err) ==
+                 1 && xsp_rejection(d.reason, code, &detail) &&
+                 strcmp(code, "over-domain-cap") == 0 &&
+                 strcmp(detail, "/x: pages: 9000 > cap 8192") == 0 && xsp_code_known(code),
           "rejection: %s", err);
-    n[XSP_D_REASON] = raw("a-rule-from-the-future: why");
-    CHECK(s, xsp_parse_decision(n, "/d", &d, err, sizeof err) == 1 &&
-                 xsp_rejection(d.reason, code, &detail) && !xsp_code_known(code),
+    static const struct node future[CHANGES] = {
+        SET("state", "rejected"), SET("reason", "a-rule-from-the-future: why")};
+    len = lines(value, rejected, future);
+    CHECK(s, xsp_parse_decision((struct xsp_raw){value, len}, "/d", &d, err, sizeof err) ==
+                 1 && xsp_rejection(d.reason, code, &detail) && !xsp_code_known(code),
           "unknown code is still a rejection: %s", err);
     static const char *const bad_reasons[] = {"no code", "Bad-code: x", ": x", "code:x", ""};
     for (size_t i = 0; i < sizeof bad_reasons / sizeof bad_reasons[0]; i++) {
-        n[XSP_D_REASON] = raw(bad_reasons[i]);
-        CHECK(s, xsp_parse_decision(n, "/d", &d, err, sizeof err) == -1 &&
-                     strstr(err, "<code>: <detail>") != NULL,
+        struct node change[CHANGES] = {SET("state", "rejected"),
+                                       {"reason", bad_reasons[i], strlen(bad_reasons[i])}};
+        len = lines(value, rejected, change);
+        CHECK(s, xsp_parse_decision((struct xsp_raw){value, len}, "/d", &d, err, sizeof err) ==
+                     -1 && strstr(err, "<code>: <detail>") != NULL,
               "rejection reason '%s': %s", bad_reasons[i], err);
     }
-    granted_nodes(n);
-    n[XSP_D_ORIGIN] = raw("restore");
-    n[XSP_D_REQUEST_ID] = raw("0");
-    CHECK(s, xsp_parse_decision(n, "/d", &d, err, sizeof err) == 1 &&
-                 d.origin == XSPROTO_ORIGIN_RESTORE, "restored record: %s", err);
+    static const struct node restore[CHANGES] = {SET("origin", "restore"),
+                                                 SET("request-id", "0")};
+    len = lines(value, GRANTED, restore);
+    CHECK(s, xsp_parse_decision((struct xsp_raw){value, len}, "/d", &d, err, sizeof err) ==
+                 1 && d.origin == XSPROTO_ORIGIN_RESTORE, "restored record: %s", err);
+}
+
+static void unit_request(struct suite *s)
+{
+    char value[XSP_RECORD_MAX + 1];
+    char reason[XSPROTO_REASON_MAX + 1];
+    uint64_t id = 7;
+
+    size_t len = xsp_encode_request(value, 2048, "option ROMs", 3);
+    CHECK(s, len == strlen(value) &&
+                 strcmp(value, "version=2\npages=2048\nreason=option ROMs\nrequest-id=3\n") ==
+                     0, "encoded: %s", value);
+    CHECK(s, xsp_request_id_in((struct xsp_raw){value, len}, &id) && id == 3, "its id");
+    memset(reason, 'r', XSPROTO_REASON_MAX);
+    reason[XSPROTO_REASON_MAX] = '\0';
+    len = xsp_encode_request(value, XSPROTO_PAGES_MAX, reason, XSPROTO_REQUEST_ID_MAX);
+    CHECK(s, len == 194, "the longest request: %zu bytes", len);
+    static const char *const unreadable[] = {
+        "", "request-id=3", "pages=1\n", "request-id=03\n", "request-id=3\nrequest-id=3\n",
+        "request-id=9223372036854775808\n", "Request-id=3\n",
+    };
+    for (size_t i = 0; i < sizeof unreadable / sizeof unreadable[0]; i++)
+        CHECK(s, !xsp_request_id_in(raw(unreadable[i]), &id), "an id in '%s'", unreadable[i]);
+    CHECK(s, !xsp_request_id_in((struct xsp_raw){NULL, 0}, &id), "no node");
+    CHECK(s, xsp_request_id_in(raw("x=\x01\nrequest-id=0\n"), &id) && id == 0,
+          "0, the others unchecked");
 }
 
 static struct xsproto_decision record(xsproto_state state, uint64_t id, uint64_t granted)
@@ -268,14 +382,12 @@ static void unit_side(struct suite *s)
 
 static void unit_paths(struct suite *s)
 {
-    char dir[XSP_PATH_MAX];
     char path[XSP_PATH_MAX];
 
-    xsp_request_dir(dir, XSPROTO_DOMID_MAX, XSPROTO_DOMID_MAX);
-    xsp_join(path, dir, "request-id");
-    CHECK(s, strcmp(path, "/local/domain/32751/device-model/32751/extra-pages/request-id") ==
-                 0, "%s", path);
-    xsp_decision_dir(path, 7);
+    xsp_request_node(path, XSPROTO_DOMID_MAX, XSPROTO_DOMID_MAX);
+    CHECK(s, strcmp(path, "/local/domain/32751/device-model/32751/extra-pages") == 0, "%s",
+          path);
+    xsp_decision_node(path, 7);
     CHECK(s, strcmp(path, "/libxl/7/extra-pages") == 0, "%s", path);
     CHECK(s, strcmp(xsproto_status_name(XSPROTO_TIMED_OUT), "timed-out") == 0, "status name");
 }
@@ -287,6 +399,7 @@ static int run_unit(void)
     unit_decimal(&s);
     unit_text(&s);
     unit_decision(&s);
+    unit_request(&s);
     unit_side(&s);
     unit_paths(&s);
     return tally(&s);
@@ -380,13 +493,14 @@ static int run_lab(uint32_t domid)
     memset(long_reason, 'r', sizeof long_reason - 1);
     long_reason[sizeof long_reason - 1] = '\0';
     CHECK(&s, xsproto_request(h, 1, long_reason, 0) == XSPROTO_EINVAL &&
-                  strstr(xsproto_error(h), "/reason: longer than 128 bytes") != NULL,
+                  strstr(xsproto_error(h), "/extra-pages: reason: longer than 128 bytes") !=
+                      NULL,
           "long reason: %s", xsproto_error(h));
     CHECK(&s, xsproto_request(h, 1, "tab\there", 0) == XSPROTO_EINVAL &&
                   strstr(xsproto_error(h), "not printable ASCII") != NULL,
           "control character: %s", xsproto_error(h));
     CHECK(&s, xsproto_request(h, XSPROTO_PAGES_MAX + 1, "", 0) == XSPROTO_EINVAL &&
-                  strstr(xsproto_error(h), "/pages: 4294967296 outside") != NULL,
+                  strstr(xsproto_error(h), "/extra-pages: pages: 4294967296 outside") != NULL,
           "too many pages: %s", xsproto_error(h));
 
     CHECK(&s, xsproto_withdraw(h, LAB_TIMEOUT_MS) == XSPROTO_GRANTED, "withdraw: %s",
@@ -404,121 +518,110 @@ static int run_lab(uint32_t domid)
     return tally(&s);
 }
 
-/* A node of a hostile decision; value lengths are explicit (NULs). */
-struct node {
-    const char *key;
-    const char *value;  /* NULL: left out */
-    size_t len;
-};
-
-#define SET(k, v) {k, v, sizeof(v) - 1}
-#define DROP(k) {k, NULL, 0}
-#define CHANGES 2
-
-/* Write /libxl/D/extra-pages as the watcher would (dom0-owned), in one
- * transaction, replacing what was there. */
-static bool write_decision(struct xs_handle *xs, uint32_t domid,
-                           const struct node nodes[XSP_DECISION_KEYS])
+/* Write /libxl/D/extra-pages as the watcher would (dom0 writes it; it
+ * inherits /libxl/D's n0), replacing what was there. */
+static bool write_decision(struct xs_handle *xs, uint32_t domid, const char *value,
+                           size_t len)
 {
-    char dir[XSP_PATH_MAX];
-    char path[XSP_PATH_MAX];
-    struct xs_permissions perms = {.id = 0, .perms = XS_PERM_NONE};
+    char node[XSP_PATH_MAX];
 
-    xsp_decision_dir(dir, domid);
-    for (int attempt = 0; attempt < 20; attempt++) {
-        xs_transaction_t t = xs_transaction_start(xs);
-        bool ok = t != XBT_NULL;
-        xs_rm(xs, t, dir);
-        ok = ok && xs_mkdir(xs, t, dir) && xs_set_permissions(xs, t, dir, &perms, 1);
-        for (int k = 0; ok && k < XSP_DECISION_KEYS; k++) {
-            if (nodes[k].value == NULL)
-                continue;
-            xsp_join(path, dir, nodes[k].key);
-            ok = xs_write(xs, t, path, nodes[k].value, (unsigned)nodes[k].len);
-        }
-        if (!ok) {
-            xs_transaction_end(xs, t, true);
-            return false;
-        }
-        if (xs_transaction_end(xs, t, false))
-            return true;
-        if (errno != EAGAIN)
-            return false;
-    }
-    return false;
+    xsp_decision_node(node, domid);
+    return xs_write(xs, XBT_NULL, node, value, (unsigned)len);
 }
 
 static void remove_decision(struct xs_handle *xs, uint32_t domid)
 {
-    char dir[XSP_PATH_MAX];
+    char node[XSP_PATH_MAX];
 
-    xsp_decision_dir(dir, domid);
-    xs_rm(xs, XBT_NULL, dir);
+    xsp_decision_node(node, domid);
+    xs_rm(xs, XBT_NULL, node);
 }
 
 /* Ask for 16 pages, then answer as a (hostile) watcher: a grant of 16 pages
- * for the id asked, with `change` applied; return what the client made of it. */
-static xsproto_status answer(struct suite *s, struct xs_handle *xs, xsproto *h,
-                             uint32_t domid, const struct node change[CHANGES],
-                             unsigned timeout_ms)
+ * for the id asked, with `change` applied to its keys, then `tail` appended
+ * (after its last line feed, dropped when drop_lf); return what the client
+ * made of it. */
+static xsproto_status answer_raw(struct suite *s, struct xs_handle *xs, xsproto *h,
+                                 uint32_t domid, const struct node change[CHANGES],
+                                 const char *tail, bool drop_lf, unsigned timeout_ms)
 {
     char id[24];
+    char value[XSP_RECORD_MAX * 2];
     xsproto_status status = xsproto_request(h, 16, "hostile", timeout_ms);
 
     if (!CHECK(s, status == XSPROTO_PENDING, "request: %s", xsproto_error(h)))
         return status;
     snprintf(id, sizeof id, "%" PRIu64, xsproto_request_id(h));
-    struct node nodes[XSP_DECISION_KEYS] = {
-        SET("version", "1"), SET("state", "granted"), SET("origin", "request"),
-        {"request-id", id, strlen(id)}, SET("base-pages", "33024"),
-        SET("granted-pages", "16"), SET("max-pages", "33040"), SET("reason", ""),
-    };
-    for (int c = 0; c < CHANGES && change[c].key != NULL; c++) {
-        for (int k = 0; k < XSP_DECISION_KEYS; k++) {
-            if (strcmp(nodes[k].key, change[c].key) == 0)
-                nodes[k] = change[c];
-        }
-    }
-    CHECK(s, write_decision(xs, domid, nodes), "write: %s", strerror(errno));
+    struct node nodes[XSP_DECISION_KEYS];
+    memcpy(nodes, GRANTED, sizeof nodes);
+    nodes[XSP_D_REQUEST_ID] = (struct node){"request-id", id, strlen(id)};
+    nodes[XSP_D_GRANTED_PAGES] = (struct node)SET("granted-pages", "16");
+    nodes[XSP_D_MAX_PAGES] = (struct node)SET("max-pages", "33040");
+    size_t len = lines(value, nodes, change) - drop_lf;
+    len += (size_t)sprintf(value + len, "%s", tail);
+    CHECK(s, write_decision(xs, domid, value, len), "write: %s", strerror(errno));
     return xsproto_wait(h);
+}
+
+static xsproto_status answer(struct suite *s, struct xs_handle *xs, xsproto *h,
+                             uint32_t domid, const struct node change[CHANGES],
+                             unsigned timeout_ms)
+{
+    return answer_raw(s, xs, h, domid, change, "", false, timeout_ms);
 }
 
 struct hostile {
     const char *what;
     struct node change[CHANGES];
+    const char *tail;  /* appended to the value (NULL: nothing) */
+    bool drop_lf;      /* the value's last line feed removed */
     const char *message;  /* expected in the error */
 };
 
 static int run_hostile(uint32_t domid)
 {
-    static const struct hostile cases[] = {
-        {"max-pages above base + granted", {SET("max-pages", "99999")},
+    /* An unknown key long enough to take a record past XSP_RECORD_MAX. */
+    char overlong[XSP_RECORD_MAX + 4];
+    const struct hostile cases[] = {
+        {"max-pages above base + granted", {SET("max-pages", "99999")}, NULL, false,
          "inconsistent record: max-pages must equal base-pages + granted-pages"},
-        {"a leading zero", {SET("granted-pages", "016")},
-         "/granted-pages: not a canonical decimal: '016'"},
-        {"a sign", {SET("granted-pages", "+16")},
-         "/granted-pages: not a canonical decimal: '+16'"},
-        {"hex", {SET("max-pages", "0x8110")}, "/max-pages: not a canonical decimal: '0x8110'"},
-        {"a NUL", {SET("granted-pages", "16\0")},
-         "/granted-pages: not a canonical decimal: '16\\x00'"},
-        {"base-pages beyond 32 bits", {SET("base-pages", "4294967296")},
-         "/base-pages: '4294967296' outside [0, 4294967295]"},
-        {"a request-id beyond 64 bits", {SET("request-id", "99999999999999999999")},
-         "/request-id: '99999999999999999999' outside"},
-        {"a state in capitals", {SET("state", "GRANTED")},
-         "/state: 'GRANTED' is not one of: applying, granted, rejected"},
-        {"another version", {SET("version", "2")}, "/version: version '2', expected 1"},
-        {"a key missing", {DROP("origin")}, "/origin: missing"},
-        {"a grant with a reason", {SET("reason", "because")},
+        {"a leading zero", {SET("granted-pages", "016")}, NULL, false,
+         "/extra-pages: granted-pages: not a canonical decimal: '016'"},
+        {"a sign", {SET("granted-pages", "+16")}, NULL, false,
+         "/extra-pages: granted-pages: not a canonical decimal: '+16'"},
+        {"hex", {SET("max-pages", "0x8110")}, NULL, false,
+         "/extra-pages: max-pages: not a canonical decimal: '0x8110'"},
+        {"a NUL", {SET("granted-pages", "16\0")}, NULL, false,
+         "/extra-pages: granted-pages: not a canonical decimal: '16\\x00'"},
+        {"a carriage return", {SET("granted-pages", "16\r")}, NULL, false,
+         "/extra-pages: granted-pages: not a canonical decimal: '16\\x0d'"},
+        {"base-pages beyond 32 bits", {SET("base-pages", "4294967296")}, NULL, false,
+         "/extra-pages: base-pages: '4294967296' outside [0, 4294967295]"},
+        {"a request-id beyond 64 bits", {SET("request-id", "99999999999999999999")}, NULL,
+         false, "/extra-pages: request-id: '99999999999999999999' outside"},
+        {"a state in capitals", {SET("state", "GRANTED")}, NULL, false,
+         "/extra-pages: state: 'GRANTED' is not one of: applying, granted, rejected"},
+        {"another version", {SET("version", "1")}, NULL, false,
+         "/extra-pages: version: version '1', expected 2"},
+        {"a key missing", {DROP("origin")}, NULL, false, "/extra-pages: origin: missing"},
+        {"a grant with a reason", {SET("reason", "because")}, NULL, false,
          "inconsistent record: reason must be empty"},
-        {"a rejection without a code", {SET("state", "rejected"), SET("reason", "no")},
-         "a rejection's reason must be '<code>: <detail>'"},
+        {"a rejection without a code", {SET("state", "rejected"), SET("reason", "no")}, NULL,
+         false, "a rejection's reason must be '<code>: <detail>'"},
         {"a terminal escape", {SET("state", "rejected"), SET("reason", "bad-value: \x1b[2J")},
-         "/reason: not printable ASCII: 'bad-value: \\x1b[2J'"},
-        {"a restore origin answering a request", {SET("origin", "restore")},
+         NULL, false, "/extra-pages: reason: not printable ASCII: 'bad-value: \\x1b[2J'"},
+        {"a restore origin answering a request", {SET("origin", "restore")}, NULL, false,
          "inconsistent record: a restore origin needs request-id 0"},
-        {"a grant for an id never written", {SET("request-id", "4000000000")},
+        {"a grant for an id never written", {SET("request-id", "4000000000")}, NULL, false,
          "/extra-pages: decision for request-id 4000000000, newest asked"},
+        {"no line feed at the end", {{NULL, NULL, 0}}, NULL, true,
+         "/extra-pages: not ended by a line feed: 'version=2"},
+        {"a key given twice", {{NULL, NULL, 0}}, "granted-pages=8000\n", false,
+         "/extra-pages: granted-pages: given twice"},
+        {"a line that is not key=value", {{NULL, NULL, 0}}, "GRANTED\n", false,
+         "/extra-pages: line 9 is not key=value: 'GRANTED'"},
+        {"a value over the bound", {{NULL, NULL, 0}}, overlong, false,
+         "/extra-pages: longer than 1024 bytes: 'version=2"},
     };
     static const struct node none[CHANGES] = {{NULL, NULL, 0}};
     static const struct node applying[CHANGES] = {SET("state", "applying")};
@@ -526,17 +629,23 @@ static int run_hostile(uint32_t domid)
         SET("state", "rejected"), SET("reason", "quota-of-the-future: 16 > 0")};
     struct suite s = {"hostile", 0, 0};
     struct xs_handle *xs = xs_open(0);
-    char dir[XSP_PATH_MAX];
+    char node[XSP_PATH_MAX];
     xsproto_status status;
 
     if (xs == NULL) {
         perror("xs_open");
         return 1;
     }
+    memset(overlong, 'y', sizeof overlong - 2);
+    memcpy(overlong, "x=", 2);
+    overlong[sizeof overlong - 2] = '\n';
+    overlong[sizeof overlong - 1] = '\0';
     remove_decision(xs, domid);
     xsproto *h = open_or_die(domid);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        status = answer(&s, xs, h, domid, cases[i].change, LAB_TIMEOUT_MS);
+        status = answer_raw(&s, xs, h, domid, cases[i].change,
+                            cases[i].tail ? cases[i].tail : "", cases[i].drop_lf,
+                            LAB_TIMEOUT_MS);
         CHECK(&s, status == XSPROTO_EPROTO && strstr(xsproto_error(h), cases[i].message),
               "%s: %s (%s), expected a protocol error with '%s'", cases[i].what,
               xsproto_status_name(status), xsproto_error(h), cases[i].message);
@@ -545,13 +654,13 @@ static int run_hostile(uint32_t domid)
         remove_decision(xs, domid);
     }
 
-    /* No decision directory at all: a timeout that says so, never a grant. */
+    /* No decision node at all: a timeout that says so, never a grant. */
     status = xsproto_ask(h, 16, "hostile: nobody answers", SHORT_TIMEOUT_MS);
     CHECK(&s, status == XSPROTO_TIMED_OUT && xsproto_decision(h) == NULL &&
                   strstr(xsproto_error(h), "/libxl/") != NULL &&
                   strstr(xsproto_error(h), "does not exist") != NULL,
-          "missing directory: %s (%s)", xsproto_status_name(status), xsproto_error(h));
-    printf("hostile: a missing decision directory -> %s: %s\n", xsproto_status_name(status),
+          "missing node: %s (%s)", xsproto_status_name(status), xsproto_error(h));
+    printf("hostile: a missing decision node -> %s: %s\n", xsproto_status_name(status),
            xsproto_error(h));
 
     /* A record left applying: keep waiting, and time out, never a grant. */
@@ -584,9 +693,9 @@ static int run_hostile(uint32_t domid)
                   strcmp(xsproto_rejection_code(h), "no-such-domain") == 0 &&
                   strstr(xsproto_error(h), "/local/domain/31999 does not exist") != NULL,
           "missing domain: %s (%s)", xsproto_status_name(status), xsproto_error(h));
-    xsp_request_dir(dir, 0, NO_SUCH_DOMAIN);
+    xsp_request_node(node, 0, NO_SUCH_DOMAIN);
     unsigned len;
-    void *left = xs_read(xs, XBT_NULL, dir, &len);
+    void *left = xs_read(xs, XBT_NULL, node, &len);
     CHECK(&s, left == NULL, "nothing written for a missing domain");
     free(left);
     xsproto_close(h);
