@@ -43,10 +43,6 @@ DURING = (32, 48)
 FINAL = 80
 LOWERED = 40
 """After a restart: a lowering, which no rate limit holds back."""
-PROMPT = 30.0
-"""Seconds within which a legitimate request is answered under attack. Unattacked, the
-lab answers in a second or two; a watcher the attack stalls (retrying conflicts, an
-unbounded queue of events, a failure per junk key) takes minutes or never answers."""
 
 
 @pytest.fixture
@@ -196,7 +192,11 @@ def test_a_guest_attacking_from_inside_changes_nothing_and_delays_nobody(
                   f"path={paths.request_node(evil, evil)}", f"code={RejectCode.WRONG_WRITER}")
     assert logged(watcher, "WARNING", "ignored", f"domid={legit}", f"dm={evil}",
                   f"path={paths.request_node(evil, legit)}")
-    assert max(t for _, t in during) < PROMPT and after < PROMPT
+    # Nobody was delayed, shown by order, not by a time (the emulated lab's are noise):
+    # the flood ran until asked to stop, after the legitimate grants (the asserts on
+    # `flooding` and `stop` above); a
+    # watcher the attack stalled (retrying conflicts, an unbounded queue, a failure per
+    # junk key) would have answered only once the flood ended, that is never.
     assert watcher.proc is not None and watcher.proc.poll() is None
 
     # A watcher started now, with the attacker's junk in place, serves as well. (Where
