@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import lzma
 import re
 import shlex
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from tools.lab import attacker, cli, fetch, guests, initramfs, qemu
 
 FILES = fetch.LabFiles(Path("/c/xen.elf"), Path("/c/vmlinuz"), Path("/c/dom0.gz"),
-                       Path("/c/guest.gz"))
+                       Path("/c/guest.gz"), Path("/c/vmlinux"))
 
 
 def test_run_parses_command_after_double_dash() -> None:
@@ -59,6 +61,21 @@ def test_newc_archive_layout() -> None:
     assert len(data) % 4 == 0
 
 
+ELF = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64
+
+
+@pytest.mark.parametrize("compress", [lzma.compress, gzip.compress], ids=["xz", "gzip"])
+def test_kernel_elf_is_the_bzimage_payload(compress: Callable[[bytes], bytes]) -> None:
+    # A setup header that happens to hold both magics, the payload, then a trailer.
+    bzimage = b"MZ\xfd7zXZ\x00\x1f\x8b\x08" + bytes(500) + compress(ELF) + b"\x00trailer"
+    assert fetch.kernel_elf(bzimage) == ELF
+
+
+def test_kernel_elf_refuses_a_bzimage_without_one() -> None:
+    with pytest.raises(ValueError, match="no xz or gzip"):
+        fetch.kernel_elf(b"MZ" + lzma.compress(b"not an ELF"))
+
+
 def test_write_newc_is_gzip_and_atomic(tmp_path: Path) -> None:
     out = tmp_path / "i.gz"
     initramfs.write_newc([initramfs.file("x", data=b"1")], out)
@@ -99,7 +116,7 @@ def test_command_script_keeps_env_cwd_and_quoting() -> None:
 def test_guest_config() -> None:
     text = guests.guest_config("g1", kind="pvh", memory_mb=128, files=FILES)
     assert 'type = "pvh"' in text and "memory = 128" in text
-    assert 'kernel = "/c/vmlinuz"' in text and 'ramdisk = "/c/guest.gz"' in text
+    assert 'kernel = "/c/vmlinux"' in text and 'ramdisk = "/c/guest.gz"' in text
 
 
 @pytest.mark.parametrize(("name", "kind", "memory"),

@@ -42,7 +42,7 @@ def guest_config(name: str, *, kind: str, memory_mb: int, files: LabFiles) -> st
     return "\n".join([
         f'name = "{name}"',
         f'type = "{kind}"',
-        f'kernel = "{files.kernel}"',
+        f'kernel = "{files.guest_kernel}"',
         f'ramdisk = "{files.guest_initrd}"',
         'extra = "console=hvc0 quiet"',
         f"memory = {memory_mb}",
